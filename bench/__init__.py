@@ -1,0 +1,1 @@
+"""Measurement: llama-bench-style speed, memory and fit on CPUs."""

@@ -1,0 +1,1 @@
+"""mllm-cpu: MobileLLM-R1 on CPUs with llama.cpp."""
