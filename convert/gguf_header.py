@@ -1,0 +1,177 @@
+"""A fast, defensive reader of a GGUF file's header: metadata, tensor table, bounds.
+
+llama.cpp can abort the whole process on a malformed file, so everything it would
+trust (magic, version, value types, tensor types, shapes and data ranges) is checked
+here first. Large string arrays (the vocabulary) are skipped unless asked for.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from .errors import InputError
+
+GGUF_MAGIC = b"GGUF"
+_SCALARS = {
+    gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b",
+    gguf.GGUFValueType.UINT16: "<H", gguf.GGUFValueType.INT16: "<h",
+    gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
+    gguf.GGUFValueType.FLOAT32: "<f", gguf.GGUFValueType.BOOL: "<?",
+    gguf.GGUFValueType.UINT64: "<Q", gguf.GGUFValueType.INT64: "<q",
+    gguf.GGUFValueType.FLOAT64: "<d",
+}
+_NUMPY = {t: np.dtype(fmt) for t, fmt in _SCALARS.items()}
+_BIG_ARRAY_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One row of the tensor table."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: gguf.GGMLQuantizationType
+    offset: int
+    n_elements: int
+    n_bytes: int
+
+
+@dataclass
+class GGUFHeader:
+    """The parsed header of a GGUF file."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorEntry]
+    array_lengths: dict[str, int] = field(default_factory=dict)
+    file_size: int = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A metadata value, or `default`."""
+        return self.metadata.get(key, default)
+
+    @property
+    def architecture(self) -> str:
+        """general.architecture, or "unknown"."""
+        return str(self.metadata.get("general.architecture", "unknown"))
+
+
+class _Cursor:
+    def __init__(self, buffer: Any, path: Path) -> None:
+        self.buffer, self.pos, self.path = buffer, 0, path
+
+    def take(self, size: int) -> int:
+        start = self.pos
+        if size < 0 or start + size > len(self.buffer):
+            raise InputError(f"{self.path}: truncated GGUF header (needs byte {start + size}, file has {len(self.buffer)})")
+        self.pos += size
+        return start
+
+    def scalar(self, fmt: str) -> Any:
+        return struct.unpack_from(fmt, self.buffer, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        length = self.scalar("<Q")
+        start = self.take(length)
+        return bytes(self.buffer[start:start + length]).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        self.take(self.scalar("<Q"))
+
+
+def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
+    """Parse and bounds-check a GGUF file's header. Raises InputError on anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size < 24:
+        raise InputError(f"{path}: not a GGUF file (only {size} bytes)")
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        if buffer[:4] != GGUF_MAGIC:
+            raise InputError(f"{path}: not a GGUF file (bad magic {bytes(buffer[:4])!r})")
+        cursor = _Cursor(buffer, path)
+        cursor.take(4)
+        version = cursor.scalar("<I")
+        if version not in (2, 3):
+            raise InputError(f"{path}: unsupported GGUF version {version}")
+        n_tensors, n_kv = cursor.scalar("<Q"), cursor.scalar("<Q")
+        if n_tensors > size or n_kv > size:
+            raise InputError(f"{path}: corrupt GGUF header (counts {n_tensors} tensors, {n_kv} keys)")
+        metadata: dict[str, Any] = {}
+        lengths: dict[str, int] = {}
+        for _ in range(n_kv):
+            key = cursor.string()
+            value_type = _value_type(cursor.scalar("<I"), path, key)
+            metadata[key] = _read_value(cursor, value_type, key, keep_vocabulary, lengths)
+        tensors = _read_tensor_table(cursor, n_tensors, path)
+        alignment = int(metadata.get("general.alignment", 32))
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise InputError(f"{path}: invalid general.alignment {alignment}")
+        data_start = -(-cursor.pos // alignment) * alignment
+    for tensor in tensors:
+        if tensor.offset % alignment:
+            raise InputError(f"{path}: tensor {tensor.name} is not aligned")
+        end = data_start + tensor.offset + tensor.n_bytes
+        if end > size:
+            raise InputError(f"{path}: truncated: tensor {tensor.name} ends at byte {end}, the file has {size}")
+    return GGUFHeader(path, version, metadata, tensors, lengths, size)
+
+
+def _value_type(raw: int, path: Path, key: str) -> gguf.GGUFValueType:
+    try:
+        return gguf.GGUFValueType(raw)
+    except ValueError:
+        raise InputError(f"{path}: corrupt GGUF metadata (key {key!r} has unknown type {raw})") from None
+
+
+def _read_value(cursor: _Cursor, value_type: gguf.GGUFValueType, key: str, keep_vocabulary: bool,
+                lengths: dict[str, int]) -> Any:
+    if value_type == gguf.GGUFValueType.STRING:
+        return cursor.string()
+    if value_type != gguf.GGUFValueType.ARRAY:
+        return cursor.scalar(_SCALARS[value_type])
+    item_type = _value_type(cursor.scalar("<I"), cursor.path, key)
+    count = cursor.scalar("<Q")
+    lengths[key] = count
+    if item_type in _NUMPY:
+        dtype = _NUMPY[item_type]
+        start = cursor.take(count * dtype.itemsize)
+        return np.frombuffer(cursor.buffer, dtype=dtype, count=count, offset=start).tolist()
+    if item_type == gguf.GGUFValueType.STRING:
+        if key in _BIG_ARRAY_KEYS and not keep_vocabulary:
+            for _ in range(count):
+                cursor.skip_string()
+            return None
+        return [cursor.string() for _ in range(count)]
+    raise InputError(f"{cursor.path}: nested arrays are not supported (key {key!r})")
+
+
+def _read_tensor_table(cursor: _Cursor, count: int, path: Path) -> list[TensorEntry]:
+    tensors = []
+    for _ in range(count):
+        name = cursor.string()
+        n_dims = cursor.scalar("<I")
+        if not 1 <= n_dims <= 4:
+            raise InputError(f"{path}: tensor {name} has {n_dims} dimensions")
+        shape = tuple(cursor.scalar("<Q") for _ in range(n_dims))
+        raw_type = cursor.scalar("<I")
+        offset = cursor.scalar("<Q")
+        try:
+            tensor_type = gguf.GGMLQuantizationType(raw_type)
+            block, type_size = gguf.GGML_QUANT_SIZES[tensor_type]
+        except (ValueError, KeyError):
+            raise InputError(f"{path}: tensor {name} has unknown type {raw_type}") from None
+        n_elements = int(np.prod(shape, dtype=np.int64))
+        if shape[0] % block:
+            raise InputError(f"{path}: tensor {name} row of {shape[0]} is not a multiple of its block {block}")
+        tensors.append(TensorEntry(name, shape, tensor_type, offset, n_elements, n_elements // block * type_size))
+    return tensors

@@ -1,0 +1,145 @@
+"""The MobileLLM-R1 hyperparameters read from a Hugging Face config.json, validated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+SUPPORTED_ARCHITECTURES = ("Llama4ForCausalLM",)
+SOURCE_ARCHITECTURE_LABEL = "MobileLLM-R1 (Llama4 dense)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape and numerics of a dense MobileLLM-R1 (Llama4 text) model."""
+
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    n_ctx: int
+    rope_theta: float
+    rms_norm_eps: float
+    tied_embeddings: bool
+    architecture: str = "Llama4ForCausalLM"
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the converted model as llama.cpp counts them.
+
+        Norms included (the per-head q/k norm weights too), tied embeddings counted once.
+        """
+        attention = self.n_embd * self.head_dim * (2 * self.n_head + 2 * self.n_head_kv)
+        mlp = 3 * self.n_embd * self.n_ff
+        layer = attention + mlp + 2 * self.n_embd + 2 * self.head_dim
+        embeddings = self.n_vocab * self.n_embd * (1 if self.tied_embeddings else 2)
+        return self.n_layer * layer + embeddings + self.n_embd
+
+    def to_config(self, **token_ids: Any) -> dict[str, Any]:
+        """A config.json dict in the form MobileLLM-R1 checkpoints ship."""
+        return {
+            "architectures": [self.architecture],
+            "model_type": "llama4_text",
+            "hidden_size": self.n_embd,
+            "intermediate_size": self.n_ff,
+            "intermediate_size_mlp": self.n_ff,
+            "num_hidden_layers": self.n_layer,
+            "num_attention_heads": self.n_head,
+            "num_key_value_heads": self.n_head_kv,
+            "head_dim": self.head_dim,
+            "vocab_size": self.n_vocab,
+            "max_position_embeddings": self.n_ctx,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tied_embeddings,
+            "num_local_experts": 0,
+            "interleave_moe_layer_step": 0,
+            "moe_layers": [],
+            "no_rope_layers": [1] * self.n_layer,
+            "use_qk_norm": True,
+            "attn_temperature_tuning": False,
+            "attention_chunk_size": self.n_ctx,
+            "layer_types": ["full_attention"] * self.n_layer,
+            "torch_dtype": "bfloat16",
+            **token_ids,
+        }
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Load config.json of a checkpoint folder."""
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (expected a Hugging Face checkpoint folder)")
+    if not path.is_file():
+        raise InputError(f"{folder}: config.json is missing (expected a Hugging Face checkpoint folder)")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return config
+
+
+def spec_from_config(config: dict[str, Any], where: str = "config.json") -> ModelSpec:
+    """Validate a config.json dict and return the model's spec."""
+    architectures = config.get("architectures") or [config.get("model_type", "unknown")]
+    architecture = architectures[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise InputError(
+            f"{where}: unsupported architecture {architecture}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} (MobileLLM-R1 140M/360M/950M)"
+        )
+    text = config.get("text_config", config)
+    if text.get("num_local_experts", 0) or text.get("moe_layers") or text.get("interleave_moe_layer_step", 0):
+        raise InputError(
+            f"{where}: this Llama4 checkpoint has experts (MoE); only dense MobileLLM-R1 models are supported"
+        )
+    try:
+        n_layer = int(text["num_hidden_layers"])
+        n_head = int(text["num_attention_heads"])
+        n_embd = int(text["hidden_size"])
+        spec = ModelSpec(
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_ff=int(text.get("intermediate_size_mlp") or text["intermediate_size"]),
+            n_head=n_head,
+            n_head_kv=int(text.get("num_key_value_heads") or n_head),
+            head_dim=int(text.get("head_dim") or n_embd // n_head),
+            n_vocab=int(text["vocab_size"]),
+            n_ctx=int(text.get("max_position_embeddings", 4096)),
+            rope_theta=float(text.get("rope_theta", 500000.0)),
+            rms_norm_eps=float(text.get("rms_norm_eps", 1e-5)),
+            tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+            architecture=architecture,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{where}: missing or invalid hyperparameter {err}") from None
+    _check_supported_numerics(text, spec, where)
+    return spec
+
+
+def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str) -> None:
+    if spec.n_head % spec.n_head_kv:
+        raise InputError(f"{where}: {spec.n_head} attention heads is not a multiple of {spec.n_head_kv} KV heads")
+    if spec.head_dim % 2:
+        raise InputError(f"{where}: head_dim {spec.head_dim} must be even for RoPE")
+    if not text.get("use_qk_norm", True):
+        raise InputError(f"{where}: use_qk_norm false is not supported (MobileLLM-R1 uses it)")
+    no_rope = text.get("no_rope_layers")
+    if no_rope and not all(int(v) == 1 for v in no_rope):
+        raise InputError(f"{where}: layers without RoPE are not supported (MobileLLM-R1 uses RoPE on every layer)")
+    if text.get("attn_temperature_tuning"):
+        raise InputError(f"{where}: attn_temperature_tuning is not supported")
+    if text.get("rope_scaling"):
+        raise InputError(f"{where}: rope_scaling is not supported")
+    chunk = text.get("attention_chunk_size")
+    if chunk and int(chunk) < spec.n_ctx:
+        raise InputError(f"{where}: chunked attention ({chunk} < context {spec.n_ctx}) is not supported")

@@ -1,0 +1,165 @@
+"""`convert`: a Hugging Face MobileLLM-R1 folder to GGUF files at several quant levels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import gguf
+
+from .atomic_file import atomic_output, partial_path
+from .errors import InputError
+from .gguf_file import write_gguf
+from .gguf_summary import GGUFSummary, read_summary
+from .llama_quantizer import quantize_with_llama_cpp
+from .model_spec import ModelSpec, read_config, spec_from_config
+from .quant_types import QUANT_LEVELS, QuantLevel
+from .safetensors_reader import CheckpointTensors
+from .tensor_plan import PlannedTensor, plan_tensors
+from .tokenizer_spec import TokenizerSpec, read_tokenizer
+
+_LOSSLESS_LEVEL = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+
+
+class ConvertProgress(Protocol):
+    """Receives progress while files are written (the CLI draws bars from it)."""
+
+    def file_started(self, label: str, tensors: int | None) -> None:
+        """A file is started; `tensors` is None when llama.cpp writes it (no per-tensor steps)."""
+
+    def tensor_written(self, name: str) -> None:
+        """One tensor of the current file is written."""
+
+    def file_finished(self, label: str) -> None:
+        """The current file is complete."""
+
+
+class _Silent:
+    def file_started(self, label: str, tensors: int | None) -> None:
+        pass
+
+    def tensor_written(self, name: str) -> None:
+        pass
+
+    def file_finished(self, label: str) -> None:
+        pass
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A validated checkpoint folder, ready to write."""
+
+    folder: Path
+    spec: ModelSpec
+    tokenizer: TokenizerSpec
+    tensors: list[PlannedTensor]
+    storage_dtype: str
+    metadata: gguf.Metadata
+
+
+@dataclass
+class ConvertedFile:
+    """One output file and what it really contains."""
+
+    level: QuantLevel
+    summary: GGUFSummary
+
+
+def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
+    """Read and validate config, weights and tokenizer, without writing anything."""
+    folder = Path(folder)
+    spec = spec_from_config(read_config(folder), str(folder / "config.json"))
+    stored = CheckpointTensors(folder)
+    tensors = plan_tensors(spec, stored)
+    tokenizer = read_tokenizer(folder, spec.n_vocab)
+    metadata = gguf.Metadata.load(None, folder.resolve(), name, spec.parameter_count)
+    if name:
+        metadata.basename, metadata.size_label, metadata.finetune, metadata.version = name, None, None, None
+    metadata.name = metadata.name or folder.resolve().name
+    return LoadedCheckpoint(folder, spec, tokenizer, tensors, stored.storage_dtype(), metadata)
+
+
+def output_path(checkpoint: LoadedCheckpoint, level: QuantLevel, outdir: Path) -> Path:
+    """The file name by llama.cpp's GGUF naming convention, e.g. MobileLLM-R1-950M-Q4_K_M.gguf."""
+    meta = checkpoint.metadata
+    stem = gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label,
+                                  level.label)
+    return outdir / f"{stem}.gguf"
+
+
+def convert_checkpoint(
+    folder: Path,
+    levels: list[QuantLevel],
+    outdir: Path | None = None,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    embedding_type: gguf.GGMLQuantizationType | None = None,
+    threads: int | None = None,
+    progress: ConvertProgress | None = None,
+) -> list[ConvertedFile]:
+    """Convert a checkpoint folder to one GGUF file per quant level; returns what was written.
+
+    Nothing is written if the input is invalid or an output exists (without `force`); an
+    interrupted run leaves no partial file.
+    """
+    checkpoint = load_checkpoint(folder, name)
+    outdir = Path(outdir) if outdir is not None else Path(folder)
+    targets = {level.name: output_path(checkpoint, level, outdir) for level in levels}
+    existing = [path for path in targets.values() if path.exists()]
+    if existing and not force:
+        raise InputError(f"{existing[0]} already exists (use --force to overwrite)")
+    outdir.mkdir(parents=True, exist_ok=True)
+    progress = progress or _Silent()
+
+    def needs_llama_cpp(level: QuantLevel) -> bool:
+        return not level.direct or (embedding_type is not None and embedding_type != level.matrix_type)
+
+    written: dict[str, Path] = {}
+    for level in levels:
+        if not needs_llama_cpp(level):
+            _write_direct(checkpoint, level, targets[level.name], progress)
+            written[level.name] = targets[level.name]
+
+    quantized = [level for level in levels if needs_llama_cpp(level)]
+    if quantized:
+        lossless = QUANT_LEVELS[_LOSSLESS_LEVEL[checkpoint.storage_dtype]]
+        source = written.get(lossless.name) or _write_intermediate(checkpoint, lossless, outdir, progress)
+        try:
+            for level in quantized:
+                target = targets[level.name]
+                progress.file_started(target.name, None)
+                with atomic_output(target) as temporary:
+                    quantize_with_llama_cpp(source, temporary, level, embedding_type, threads)
+                progress.file_finished(target.name)
+                written[level.name] = target
+        finally:
+            if source not in written.values():
+                source.unlink(missing_ok=True)
+    return [ConvertedFile(level, read_summary(written[level.name])) for level in levels]
+
+
+def _write_direct(checkpoint: LoadedCheckpoint, level: QuantLevel, target: Path, progress: ConvertProgress) -> None:
+    progress.file_started(target.name, len(checkpoint.tensors))
+    with atomic_output(target) as temporary:
+        write_gguf(temporary, checkpoint.spec, checkpoint.tokenizer, checkpoint.metadata, checkpoint.tensors,
+                   level.file_type, level.matrix_type, progress.tensor_written)
+    progress.file_finished(target.name)
+
+
+def _write_intermediate(
+    checkpoint: LoadedCheckpoint, level: QuantLevel, outdir: Path, progress: ConvertProgress
+) -> Path:
+    """A lossless file for llama.cpp's quantizer, under a hidden name removed afterwards."""
+    target = partial_path(output_path(checkpoint, level, outdir).with_suffix(".source.gguf"))
+    label = f"{level.label} (quantizer input)"
+    progress.file_started(label, len(checkpoint.tensors))
+    try:
+        write_gguf(target, checkpoint.spec, checkpoint.tokenizer, checkpoint.metadata, checkpoint.tensors,
+                   level.file_type, level.matrix_type, progress.tensor_written)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    progress.file_finished(label)
+    return target

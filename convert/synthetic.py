@@ -1,0 +1,215 @@
+"""Random-weight Hugging Face checkpoints with the exact MobileLLM-R1 shapes (pure numpy).
+
+Speed and memory do not depend on weight values, so these let a user measure a board
+before downloading gigabytes; the tokenizer has the real Llama-3 layout and size.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .model_spec import ModelSpec
+from .tokenizer_spec import LLAMA3_SPLIT_PATTERN
+
+LLAMA3_VOCAB = 128256
+LLAMA3_REGULAR_TOKENS = 128000
+BOS_ID, EOS_ID, EOM_ID, EOT_ID = 128000, 128001, 128008, 128009
+
+SYNTHETIC_SPECS: dict[str, ModelSpec] = {
+    "140m": ModelSpec(15, 576, 2048, 9, 3, 64, LLAMA3_VOCAB, 32768, 8_000_000.0, 1e-5, True),
+    "360m": ModelSpec(15, 1024, 4096, 16, 4, 64, LLAMA3_VOCAB, 32768, 8_000_000.0, 1e-5, True),
+    "950m": ModelSpec(22, 1536, 6144, 24, 6, 64, LLAMA3_VOCAB, 32768, 8_000_000.0, 1e-5, True),
+    "tiny": ModelSpec(2, 128, 256, 2, 1, 64, LLAMA3_VOCAB, 4096, 8_000_000.0, 1e-5, True),
+}
+SYNTHETIC_FOLDER_NAMES = {
+    "140m": "MobileLLM-R1-140M-synthetic",
+    "360m": "MobileLLM-R1-360M-synthetic",
+    "950m": "MobileLLM-R1-950M-synthetic",
+    "tiny": "MobileLLM-R1-tiny-synthetic",
+}
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def synthetic_spec(size: str) -> ModelSpec:
+    """The spec of a synthetic preset: 140m, 360m, 950m or tiny."""
+    key = size.strip().lower()
+    if key not in SYNTHETIC_SPECS:
+        raise InputError(f"unknown synthetic model {size}; choose from: {', '.join(SYNTHETIC_SPECS)}")
+    return SYNTHETIC_SPECS[key]
+
+
+def write_synthetic_checkpoint(size: str, parent: Path, seed: int = 0, force: bool = False) -> Path:
+    """Write a random BF16 checkpoint folder for a preset under `parent`; returns the folder.
+
+    An existing complete folder is reused unless `force`.
+    """
+    spec = synthetic_spec(size)
+    folder = Path(parent) / SYNTHETIC_FOLDER_NAMES[size.strip().lower()]
+    if (folder / "model.safetensors").is_file() and not force:
+        return folder
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        config = spec.to_config(bos_token_id=BOS_ID, eos_token_id=[EOS_ID, EOM_ID, EOT_ID], pad_token_id=None)
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        (staging / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}, indent=2))
+        write_llama3_shaped_tokenizer(staging)
+        _write_random_weights(spec, staging / "model.safetensors", seed)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def hf_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a MobileLLM-R1 HF checkpoint."""
+    q_rows, kv_rows = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.n_vocab, spec.n_embd)}
+    for i in range(spec.n_layer):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (spec.n_embd,),
+            p + "self_attn.q_proj.weight": (q_rows, spec.n_embd),
+            p + "self_attn.k_proj.weight": (kv_rows, spec.n_embd),
+            p + "self_attn.v_proj.weight": (kv_rows, spec.n_embd),
+            p + "self_attn.o_proj.weight": (spec.n_embd, q_rows),
+            p + "post_attention_layernorm.weight": (spec.n_embd,),
+            p + "feed_forward.gate_proj.weight": (spec.n_ff, spec.n_embd),
+            p + "feed_forward.up_proj.weight": (spec.n_ff, spec.n_embd),
+            p + "feed_forward.down_proj.weight": (spec.n_embd, spec.n_ff),
+        })
+    shapes["model.norm.weight"] = (spec.n_embd,)
+    if not spec.tied_embeddings:
+        shapes["lm_head.weight"] = (spec.n_vocab, spec.n_embd)
+    return shapes
+
+
+def _write_random_weights(spec: ModelSpec, path: Path, seed: int) -> None:
+    """Stream a BF16 safetensors file: norms are ones, matrices N(0, 1/sqrt(fan_in))."""
+    shapes = hf_tensor_shapes(spec)
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header_bytes = json.dumps(header).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    rng = np.random.default_rng(seed)
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(header_bytes)))
+        handle.write(header_bytes)
+        for name, shape in shapes.items():
+            count = int(np.prod(shape))
+            if len(shape) == 1:
+                handle.write(_f32_to_bf16_bits(np.ones(count, dtype=np.float32)).tobytes())
+                continue
+            scale = np.float32(1.0 / np.sqrt(shape[-1]))
+            for start in range(0, count, _CHUNK_ELEMENTS):
+                values = rng.standard_normal(min(_CHUNK_ELEMENTS, count - start), dtype=np.float32) * scale
+                handle.write(_f32_to_bf16_bits(values).tobytes())
+
+
+def _f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    bits = values.view(np.uint32)
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-in character for each byte value, in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def llama3_special_tokens() -> list[str]:
+    """The 256 special tokens of Llama 3 (ids 128000..128255) in order."""
+    named = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 4: "<|finetune_right_pad_id|>",
+             6: "<|start_header_id|>", 7: "<|end_header_id|>", 8: "<|eom_id|>", 9: "<|eot_id|>",
+             10: "<|python_tag|>"}
+    tokens, reserved = [], 0
+    for offset in range(LLAMA3_VOCAB - LLAMA3_REGULAR_TOKENS):
+        if offset in named:
+            tokens.append(named[offset])
+        else:
+            tokens.append(f"<|reserved_special_token_{reserved}|>")
+            reserved += 1
+    return tokens
+
+
+def write_llama3_shaped_tokenizer(folder: Path) -> None:
+    """A byte-level BPE tokenizer.json with Llama 3's structure, size and special tokens.
+
+    Its merges are synthetic (all byte pairs, then byte triples), so it tokenizes any text
+    correctly but not as compactly as the real one.
+    """
+    alphabet = byte_alphabet()
+    vocab: dict[str, int] = {char: i for i, char in enumerate(alphabet)}
+    merges: list[list[str]] = []
+    for first in alphabet:
+        for second in alphabet:
+            vocab.setdefault(first + second, len(vocab))
+            merges.append([first, second])
+    for pair in list(vocab)[256:]:
+        for last in alphabet:
+            if len(vocab) == LLAMA3_REGULAR_TOKENS:
+                break
+            if pair + last not in vocab:
+                vocab[pair + last] = len(vocab)
+                merges.append([pair, last])
+        if len(vocab) == LLAMA3_REGULAR_TOKENS:
+            break
+    specials = llama3_special_tokens()
+    added = [{"id": LLAMA3_REGULAR_TOKENS + i, "content": text, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True} for i, text in enumerate(specials)]
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                                    {"Sequence": {"id": "A", "type_id": 0}},
+                                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                                    {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [BOS_ID],
+                                                                     "tokens": ["<|begin_of_text|>"]}}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": True, "vocab": vocab, "merges": merges},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "add_bos_token": True,
+        "chat_template": LLAMA3_CHAT_TEMPLATE, "model_max_length": 32768,
+    }, indent=2))

@@ -1,0 +1,110 @@
+"""Which GGUF tensor comes from which HF tensor, and how: the MobileLLM-R1 -> qwen3 mapping.
+
+See the project notes: llama4's weightless q/k RMS norm after interleaved RoPE equals
+qwen3's q/k norm (weight ones) before NeoX RoPE once the rows of q_proj and k_proj are
+permuted inside each head from (0, 1, ..., d-1) to (0, 2, 4, ..., 1, 3, 5, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .model_spec import ModelSpec
+from .safetensors_reader import CheckpointTensors
+
+GGUF_ARCHITECTURE = "qwen3"
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor of the output file: its GGUF name, shape (rows, cols) and source."""
+
+    name: str
+    shape: tuple[int, ...]
+    source: str | None
+    load: Callable[[], np.ndarray]
+    stored_dtype: str
+
+    @property
+    def is_matrix(self) -> bool:
+        """True for 2-D weights (quantizable); norms are 1-D and stay F32."""
+        return len(self.shape) == 2
+
+
+def interleaved_to_half_split(head_dim: int) -> np.ndarray:
+    """Row order that turns interleaved (complex-pair) RoPE into NeoX (half-split) RoPE."""
+    return np.concatenate([np.arange(0, head_dim, 2), np.arange(1, head_dim, 2)])
+
+
+def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTensor]:
+    """The ordered tensor list of the GGUF file, with shapes checked against the spec."""
+    q_rows, kv_rows = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    expected: list[tuple[str, str, tuple[int, ...], int]] = [
+        ("token_embd.weight", "model.embed_tokens.weight", (spec.n_vocab, spec.n_embd), 0),
+    ]
+    for i in range(spec.n_layer):
+        hf = f"model.layers.{i}."
+        expected += [
+            (f"blk.{i}.attn_norm.weight", hf + "input_layernorm.weight", (spec.n_embd,), 0),
+            (f"blk.{i}.attn_q.weight", hf + "self_attn.q_proj.weight", (q_rows, spec.n_embd), spec.n_head),
+            (f"blk.{i}.attn_k.weight", hf + "self_attn.k_proj.weight", (kv_rows, spec.n_embd), spec.n_head_kv),
+            (f"blk.{i}.attn_v.weight", hf + "self_attn.v_proj.weight", (kv_rows, spec.n_embd), 0),
+            (f"blk.{i}.attn_output.weight", hf + "self_attn.o_proj.weight", (spec.n_embd, q_rows), 0),
+            (f"blk.{i}.ffn_norm.weight", hf + "post_attention_layernorm.weight", (spec.n_embd,), 0),
+            (f"blk.{i}.ffn_gate.weight", hf + "feed_forward.gate_proj.weight", (spec.n_ff, spec.n_embd), 0),
+            (f"blk.{i}.ffn_up.weight", hf + "feed_forward.up_proj.weight", (spec.n_ff, spec.n_embd), 0),
+            (f"blk.{i}.ffn_down.weight", hf + "feed_forward.down_proj.weight", (spec.n_embd, spec.n_ff), 0),
+        ]
+    expected.append(("output_norm.weight", "model.norm.weight", (spec.n_embd,), 0))
+    if not spec.tied_embeddings:
+        expected.append(("output.weight", "lm_head.weight", (spec.n_vocab, spec.n_embd), 0))
+
+    _reject_unexpected(spec, tensors, {source for _, source, _, _ in expected})
+    plan = []
+    for name, source, shape, permute_heads in expected:
+        plan.append(_from_checkpoint(tensors, name, source, shape, permute_heads, spec.head_dim))
+        if name.endswith("attn_k.weight"):
+            layer = name.split(".")[1]
+            plan += [_ones(f"blk.{layer}.attn_q_norm.weight", spec.head_dim),
+                     _ones(f"blk.{layer}.attn_k_norm.weight", spec.head_dim)]
+    return plan
+
+
+def _from_checkpoint(
+    tensors: CheckpointTensors, name: str, source: str, shape: tuple[int, ...], permute_heads: int, head_dim: int
+) -> PlannedTensor:
+    if source not in tensors:
+        raise InputError(f"{tensors.folder}: tensor {source} is missing from the checkpoint")
+    if tensors.shape(source) != shape:
+        raise InputError(
+            f"{tensors.folder}: tensor {source} has shape {list(tensors.shape(source))}, "
+            f"config.json implies {list(shape)}"
+        )
+
+    def load() -> np.ndarray:
+        raw = tensors.raw(source)
+        if not permute_heads:
+            return raw
+        order = interleaved_to_half_split(head_dim)
+        return raw.reshape(permute_heads, head_dim, -1)[:, order, :].reshape(shape)
+
+    return PlannedTensor(name, shape, source, load, tensors.dtype(source))
+
+
+def _ones(name: str, size: int) -> PlannedTensor:
+    return PlannedTensor(name, (size,), None, lambda: np.ones(size, dtype=np.float32), "F32")
+
+
+def _reject_unexpected(spec: ModelSpec, tensors: CheckpointTensors, used: set[str]) -> None:
+    ignorable = {"lm_head.weight"} if spec.tied_embeddings else set()
+    extra = sorted(n for n in tensors.tensors if n not in used and n not in ignorable and "rotary_emb" not in n)
+    if extra:
+        more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
+        raise InputError(
+            f"{tensors.folder}: unexpected tensor(s) {', '.join(extra[:3])}{more}; "
+            f"config.json describes a {spec.n_layer}-layer dense model"
+        )
