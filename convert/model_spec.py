@@ -115,7 +115,7 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
             head_dim=int(text.get("head_dim") or n_embd // n_head),
             n_vocab=int(text["vocab_size"]),
             n_ctx=int(text.get("max_position_embeddings", 4096)),
-            rope_theta=float(text.get("rope_theta", 500000.0)),
+            rope_theta=float(text.get("rope_theta") or (text.get("rope_parameters") or {}).get("rope_theta")),
             rms_norm_eps=float(text.get("rms_norm_eps", 1e-5)),
             tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
             architecture=architecture,
@@ -138,8 +138,9 @@ def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str)
         raise InputError(f"{where}: layers without RoPE are not supported (MobileLLM-R1 uses RoPE on every layer)")
     if text.get("attn_temperature_tuning"):
         raise InputError(f"{where}: attn_temperature_tuning is not supported")
-    if text.get("rope_scaling"):
-        raise InputError(f"{where}: rope_scaling is not supported")
+    for rope in (text.get("rope_scaling"), text.get("rope_parameters")):
+        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise InputError(f"{where}: RoPE scaling ({rope.get('rope_type', rope.get('type'))}) is not supported")
     chunk = text.get("attention_chunk_size")
     if chunk and int(chunk) < spec.n_ctx:
         raise InputError(f"{where}: chunked attention ({chunk} < context {spec.n_ctx}) is not supported")

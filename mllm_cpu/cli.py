@@ -1,0 +1,45 @@
+"""The `mllm-cpu` command line: a thin typer layer over the package's functions."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mllm_cpu.commands.convert import convert
+from mllm_cpu.console import err
+from mllm_cpu.convert.errors import InputError
+
+app = typer.Typer(add_completion=False, help="Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp.")
+app.command()(convert)
+
+
+@app.callback(invoke_without_command=True)
+def root(context: typer.Context) -> None:
+    """Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp."""
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console entry point: one error line and exit 2 on bad input or usage, 130 on Ctrl-C."""
+    try:
+        code = app(standalone_mode=False)
+    except InputError as error:
+        _fail(str(error).replace("[", "\\["), 2)
+    except typer.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.TyperException as error:
+        context = getattr(error, "ctx", None)
+        where = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail(f"{error.format_message()}{where}".replace("[", "\\["), getattr(error, "exit_code", 2) or 2)
+    sys.exit(code if isinstance(code, int) else 0)
