@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny real checkpoints and the GGUF files converted from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from checkpoints import TINY, build_checkpoint
+from mllm_cpu.convert.pipeline import convert_checkpoint
+from mllm_cpu.convert.quant_types import parse_quant_list
+from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty model store, never the user's."""
+    home = tmp_path_factory.mktemp("mllm_home")
+    monkeypatch.setenv("MLLM_CPU_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama4ForCausalLM checkpoint (F32) built by transformers."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "MobileLLM-R1-tiny", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_ggufs(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny checkpoint converted at f32, f16, bf16, q8_0, q4_k_m and q4_0."""
+    outdir = tmp_path_factory.mktemp("gguf")
+    files = convert_checkpoint(tiny_checkpoint, parse_quant_list("f32,f16,bf16,q8_0,q4_k_m,q4_0"), outdir)
+    return {f.level.name: f.summary.path for f in files}
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` synthetic preset (real Llama-3-sized vocabulary) converted to Q8_0."""
+    parent = tmp_path_factory.mktemp("synthetic")
+    folder = write_synthetic_checkpoint("tiny", parent)
+    return convert_checkpoint(folder, parse_quant_list("q8_0"), parent)[0].summary.path
