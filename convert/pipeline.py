@@ -77,6 +77,9 @@ def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
     if name:
         metadata.basename, metadata.size_label, metadata.finetune, metadata.version = name, None, None, None
     metadata.name = metadata.name or folder.resolve().name
+    if not metadata.basename:
+        metadata.basename = folder.resolve().name
+        metadata.size_label = metadata.size_label or gguf.size_label(spec.parameter_count, 0, 0, 0)
     return LoadedCheckpoint(folder, spec, tokenizer, tensors, stored.storage_dtype(), metadata)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 
 from mllm_cpu.commands.convert import convert
 from mllm_cpu.console import err
@@ -22,7 +23,7 @@ def root(context: typer.Context) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
     sys.exit(code)
 
 
@@ -31,15 +32,14 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except InputError as error:
-        _fail(str(error).replace("[", "\\["), 2)
-    except typer.Abort:
-        err.print("interrupted")
-        sys.exit(130)
-    except KeyboardInterrupt:
+        _fail(str(error), 2)
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
     except typer.TyperException as error:
         context = getattr(error, "ctx", None)
         where = f" (see `{context.command_path} --help`)" if context is not None else ""
-        _fail(f"{error.format_message()}{where}".replace("[", "\\["), getattr(error, "exit_code", 2) or 2)
+        _fail(f"{error.format_message()}{where}", getattr(error, "exit_code", 2) or 2)
+    if code == 130:
+        err.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
