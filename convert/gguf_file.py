@@ -42,11 +42,10 @@ class _StreamedTensor:
         self.nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(tensor.shape, qtype)))
 
     def tofile(self, handle: BinaryIO) -> None:
-        source = self.tensor.load()
-        rows = source.reshape(-1, source.shape[-1]) if source.ndim > 1 else source.reshape(1, -1)
-        step = max(1, CHUNK_ELEMENTS // rows.shape[1])
-        for start in range(0, rows.shape[0], step):
-            handle.write(self._convert(rows[start:start + step]).tobytes())
+        step = max(1, CHUNK_ELEMENTS // (self.tensor.shape[-1] if self.tensor.is_matrix else 1))
+        for start in range(0, self.tensor.rows, step):
+            raw = self.tensor.read_rows(start, min(start + step, self.tensor.rows))
+            handle.write(self._convert(raw).tobytes())
 
     def _convert(self, raw: np.ndarray) -> np.ndarray:
         if self.qtype == _T.BF16 and self.tensor.stored_dtype == "BF16":

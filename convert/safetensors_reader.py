@@ -1,4 +1,4 @@
-"""Memory-mapped reading of safetensors checkpoints, single file or sharded."""
+"""Reading safetensors checkpoints, single file or sharded, a block of rows at a time."""
 
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 class CheckpointTensors:
-    """All tensors of a checkpoint folder, read lazily through memory maps."""
+    """All tensors of a checkpoint folder, read on demand, a block of rows at a time.
+
+    Rows are read with plain file reads into fresh buffers rather than through a memory
+    map, so the process holds only the block being converted, not the pages of every
+    tensor it has touched.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.tensors: dict[str, StoredTensor] = {}
-        self._maps: dict[Path, np.memmap] = {}
         for file in _weight_files(folder):
             for tensor in _read_header(file):
                 self.tensors[tensor.name] = tensor
@@ -59,13 +63,18 @@ class CheckpointTensors:
         """The stored dtype of a tensor: F32, F16 or BF16."""
         return self.tensors[name].dtype
 
-    def raw(self, name: str) -> np.ndarray:
-        """The tensor as stored (BF16 as uint16 bits), a view into the memory map."""
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a tensor as stored (BF16 as uint16 bits); 1-D tensors have one row."""
         info = self.tensors[name]
-        if info.file not in self._maps:
-            self._maps[info.file] = np.memmap(info.file, dtype=np.uint8, mode="r")
-        buffer = self._maps[info.file][info.start:info.end]
-        return buffer.view(_STORAGE_DTYPES[info.dtype]).reshape(info.shape)
+        dtype = _STORAGE_DTYPES[info.dtype]
+        row_shape = info.shape[1:] if len(info.shape) > 1 else info.shape
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+        buffer = np.empty((stop - start, *row_shape), dtype=dtype)
+        with info.file.open("rb") as handle:
+            handle.seek(info.start + start * row_bytes)
+            if handle.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
+                raise InputError(f"{info.file}: truncated while reading {name}")
+        return buffer if len(info.shape) > 1 else buffer.reshape(info.shape)
 
     def storage_dtype(self) -> str:
         """The widest floating type the weights are stored in: F32, F16 or BF16."""
@@ -77,7 +86,7 @@ class CheckpointTensors:
 
 
 def to_f32(stored_dtype: str, raw: np.ndarray) -> np.ndarray:
-    """Convert raw stored values (as returned by CheckpointTensors.raw) to float32."""
+    """Convert raw stored values (as returned by CheckpointTensors.read_rows) to float32."""
     if stored_dtype == "BF16":
         return bf16_to_f32(raw)
     return raw.astype(np.float32, copy=False)

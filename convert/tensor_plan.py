@@ -21,13 +21,21 @@ GGUF_ARCHITECTURE = "qwen3"
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    """One tensor of the output file: its GGUF name, shape (rows, cols) and source."""
+    """One tensor of the output file: its GGUF name, shape (rows, cols) and source.
+
+    `read_rows(start, stop)` returns those rows as stored (BF16 as uint16 bits).
+    """
 
     name: str
     shape: tuple[int, ...]
     source: str | None
-    load: Callable[[], np.ndarray]
+    read_rows: Callable[[int, int], np.ndarray]
     stored_dtype: str
+
+    @property
+    def rows(self) -> int:
+        """Rows of the tensor as written (1 for a 1-D tensor)."""
+        return self.shape[0] if self.is_matrix else 1
 
     @property
     def is_matrix(self) -> bool:
@@ -85,18 +93,20 @@ def _from_checkpoint(
             f"config.json implies {list(shape)}"
         )
 
-    def load() -> np.ndarray:
-        raw = tensors.raw(source)
-        if not permute_heads:
-            return raw
-        order = interleaved_to_half_split(head_dim)
-        return raw.reshape(permute_heads, head_dim, -1)[:, order, :].reshape(shape)
+    if not permute_heads:
+        return PlannedTensor(name, shape, source, lambda start, stop: tensors.read_rows(source, start, stop),
+                             tensors.dtype(source))
+    order = interleaved_to_half_split(head_dim)
 
-    return PlannedTensor(name, shape, source, load, tensors.dtype(source))
+    def read_permuted(start: int, stop: int) -> np.ndarray:
+        whole = tensors.read_rows(source, 0, shape[0])
+        return whole.reshape(permute_heads, head_dim, -1)[:, order, :].reshape(shape)[start:stop]
+
+    return PlannedTensor(name, shape, source, read_permuted, tensors.dtype(source))
 
 
 def _ones(name: str, size: int) -> PlannedTensor:
-    return PlannedTensor(name, (size,), None, lambda: np.ones(size, dtype=np.float32), "F32")
+    return PlannedTensor(name, (size,), None, lambda start, stop: np.ones(size, dtype=np.float32), "F32")
 
 
 def _reject_unexpected(spec: ModelSpec, tensors: CheckpointTensors, used: set[str]) -> None:

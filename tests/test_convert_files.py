@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import gguf
@@ -138,3 +139,16 @@ def test_chat_template_renders_like_transformers(tiny_checkpoint: Path, tiny_ggu
         messages, tokenize=False, add_generation_prompt=True)
     engine = Engine(tiny_ggufs["q8_0"], n_ctx=256)
     assert engine.render_chat(messages) == expected
+
+
+def test_model_card_license_reaches_the_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "MobileLLM-R1-tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: fair-noncommercial-research-license\n"
+        "base_model: facebook/MobileLLM-R1-950M-base\n---\n# MobileLLM-R1\n")
+    path = convert_checkpoint(folder, parse_quant_list("q8_0"), tmp_path / "out")[0].summary.path
+    reader = gguf.GGUFReader(path)
+    assert _reader_value(reader, "general.license") == "other"
+    assert _reader_value(reader, "general.license.name") == "fair-noncommercial-research-license"
+    assert _reader_value(reader, "general.base_model.0.repo_url").endswith("facebook/MobileLLM-R1-950M-base")

@@ -18,12 +18,13 @@ from checkpoints import (TINY, TINY_GQA2, TINY_MHA, TINY_UNTIED, TOKENIZER_CORPU
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 
-# (preset, stored dtype, shards): GQA ratios 3, 2, 2 and 1; 2, 3 and 5 layers; tied and untied.
+# (preset, stored dtype, shards, config.json layout): GQA ratios 3, 2, 2 and 1; 2, 3 and 5
+# layers; tied and untied; the hub's config layout and the one transformers 5 writes.
 CASES = {
-    "gqa3-f32": (TINY, "float32", 1),
-    "gqa2-bf16": (TINY_GQA2, "bfloat16", 1),
-    "untied-5layers-3shards": (TINY_UNTIED, "float32", 3),
-    "mha-f16": (TINY_MHA, "float16", 1),
+    "gqa3-f32": (TINY, "float32", 1, "hub"),
+    "gqa2-bf16": (TINY_GQA2, "bfloat16", 1, "hub"),
+    "untied-5layers-3shards": (TINY_UNTIED, "float32", 3, "hub"),
+    "mha-f16-transformers-config": (TINY_MHA, "float16", 1, "transformers"),
 }
 LEVELS = "f32,f16,bf16,q8_0,q4_k_m,q4_0"
 F32_KV = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}
@@ -46,9 +47,9 @@ def _prompt_ids(folder: Path, count: int) -> list[int]:
 
 @pytest.fixture(scope="module", params=list(CASES))
 def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    shape, dtype, shards = CASES[request.param]
+    shape, dtype, shards, config_style = CASES[request.param]
     root = tmp_path_factory.mktemp(request.param)
-    folder = build_checkpoint(root / "checkpoint", shape, dtype=dtype, shards=shards)
+    folder = build_checkpoint(root / "checkpoint", shape, dtype=dtype, shards=shards, config_style=config_style)
     files = convert_checkpoint(folder, parse_quant_list(LEVELS), root / "gguf")
     return folder, {f.level.name: f.summary.path for f in files}
 
