@@ -86,6 +86,7 @@ def convert(
     if json_output:
         print_json(rows)
         return
-    out.print(table("Converted", ["file", "type", "size", "bits/weight", "tensor types (share of weights)"], [
-        [Path(str(r["file"])).name, r["type"], human_bytes(int(str(r["bytes"]))), f"{r['bits_per_weight']:.2f}",
-         f.summary.type_mix_text()] for r, f in zip(rows, files)]))
+    out.print(table(f"Converted into {Path(str(rows[0]['file'])).parent}",
+                    ["type", "size", "bits/weight", "tensor types (share of weights)", "file"], [
+        [r["type"], human_bytes(int(str(r["bytes"]))), f"{r['bits_per_weight']:.2f}", f.summary.type_mix_text(),
+         Path(str(r["file"])).name] for r, f in zip(rows, files)]))
