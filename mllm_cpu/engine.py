@@ -6,9 +6,11 @@ import codecs
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.llama_log import captured_llama_log, last_error
@@ -21,7 +23,10 @@ Message = dict[str, str]
 
 @dataclass
 class SamplingOptions:
-    """Sampling settings; the defaults suit a small reasoning model."""
+    """Sampling settings; the defaults suit a small reasoning model.
+
+    `logit_bias` maps token ids to values added to their logits before sampling.
+    """
 
     temperature: float = 0.6
     top_p: float = 0.95
@@ -30,6 +35,27 @@ class SamplingOptions:
     repeat_penalty: float = 1.0
     seed: int | None = None
     max_tokens: int = 8192
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+_SAMPLING_KEYS = {
+    "temperature": "general.sampling.temp",
+    "top_p": "general.sampling.top_p",
+    "top_k": "general.sampling.top_k",
+    "min_p": "general.sampling.min_p",
+    "repeat_penalty": "general.sampling.penalty_repeat",
+}
+
+
+def sampling_defaults(metadata: dict[str, Any]) -> SamplingOptions:
+    """SamplingOptions with the file's `general.sampling.*` values where present."""
+    options = SamplingOptions()
+    types = {f.name: type(getattr(options, f.name)) for f in fields(options)}
+    for name, key in _SAMPLING_KEYS.items():
+        value = metadata.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(options, name, types[name](value))
+    return options
 
 
 @dataclass
@@ -55,13 +81,16 @@ class Generation:
 class Engine:
     """A loaded model: chat-template rendering, tokenization and streaming generation."""
 
-    def __init__(self, path: Path, *, n_ctx: int = DEFAULT_CONTEXT, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None) -> None:
+        """Validate and load a GGUF; `n_ctx` defaults to 8192 (or the model's trained length if shorter)."""
         import llama_cpp
 
         self.model: ModelFile = validate_model_file(Path(path))
-        if n_ctx < 64:
+        if n_ctx is not None and n_ctx < 64:
             raise InputError(f"context length {n_ctx} is too small (at least 64)")
-        self.n_ctx = min(n_ctx, self.model.n_ctx_train)
+        if n_ctx is not None and n_ctx > self.model.n_ctx_train:
+            raise InputError(f"context length {n_ctx} is more than the model's {self.model.n_ctx_train} tokens")
+        self.n_ctx = n_ctx or min(DEFAULT_CONTEXT, self.model.n_ctx_train)
         self.threads = threads or physical_cores()
         if self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
@@ -73,6 +102,7 @@ class Engine:
                 )
             except ValueError:
                 raise InputError(f"llama.cpp could not load {path}: {last_error(log)}") from None
+        self._warm_up()
         self._vocab = self.llama._model.vocab
         self._is_eog = llama_cpp.llama_vocab_is_eog
         header = self.model.header
@@ -82,11 +112,22 @@ class Engine:
         self.chat_template: str | None = header.get("tokenizer.chat_template")
         self._bos_text = self._token_text(header.get("tokenizer.ggml.bos_token_id"))
         self._eos_text = self._token_text(header.get("tokenizer.ggml.eos_token_id"))
+        self._formatter: Any = None
+
+    def _warm_up(self) -> None:
+        """Evaluate one token and forget it, as llama.cpp's tools do: the first reply pays no start-up costs."""
+        bos = self.model.header.get("tokenizer.ggml.bos_token_id")
+        self.llama.eval([int(bos) if bos is not None else 0])
+        self.llama.reset()
 
     def _token_text(self, token_id: Any) -> str:
         if token_id is None:
             return ""
         return self.llama.detokenize([int(token_id)], special=True).decode("utf-8", errors="replace")
+
+    def default_options(self) -> SamplingOptions:
+        """The sampling defaults, with the file's `general.sampling.*` values applied."""
+        return sampling_defaults(self.model.header.metadata)
 
     def is_stop(self, token: int) -> bool:
         """True for every end-of-generation token: eos, eot, eom and llama.cpp's EOG set."""
@@ -99,8 +140,9 @@ class Engine:
         if not self.chat_template:
             turns = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
             return f"{turns}assistant: "
-        formatter = Jinja2ChatFormatter(self.chat_template, self._eos_text, self._bos_text)
-        return formatter(messages=messages).prompt
+        if self._formatter is None:
+            self._formatter = Jinja2ChatFormatter(self.chat_template, self._eos_text, self._bos_text)
+        return self._formatter(messages=messages).prompt
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of a prompt; special tokens in the text are parsed, BOS added once."""
@@ -114,12 +156,16 @@ class Engine:
         prompt: str | list[int],
         options: SamplingOptions | None = None,
         on_text: Callable[[str], None] | None = None,
+        *,
+        reuse_prefix: bool = True,
     ) -> Generation:
         """Generate from a prompt (text or token ids), calling `on_text` with each new piece.
 
-        Ctrl-C stops the generation and returns what was produced so far.
+        Ctrl-C stops the generation and returns what was produced so far. With `reuse_prefix`
+        the part of the prompt already in the KV cache is not evaluated again; without it the
+        whole prompt is evaluated afresh, so the output depends only on prompt, options and seed.
         """
-        options = options or SamplingOptions()
+        options = options or self.default_options()
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if len(tokens) >= self.n_ctx:
             raise InputError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
@@ -131,9 +177,12 @@ class Engine:
         stop_reason = "length" if budget == options.max_tokens else "context"
         start = time.perf_counter()
         first_token_at = start
+        if not reuse_prefix:
+            self.llama.reset()
         stream = self.llama.generate(
             tokens, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p, temp=options.temperature,
             repeat_penalty=options.repeat_penalty, reset=True,
+            logits_processor=self._bias_processor(options.logit_bias),
         )
         try:
             for token in stream:
@@ -169,6 +218,25 @@ class Engine:
             stop_reason=stop_reason,
             token_ids=generated,
         )
+
+    def _bias_processor(self, logit_bias: dict[int, float]) -> Any:
+        """A llama-cpp-python logits processor adding `logit_bias` (token id -> bias), or None."""
+        if not logit_bias:
+            return None
+        from llama_cpp import LogitsProcessorList
+
+        n_vocab = self.model.n_vocab
+        bad = [token for token in logit_bias if not 0 <= token < n_vocab]
+        if bad:
+            raise InputError(f"logit bias for token {bad[0]}, outside the vocabulary of {n_vocab}")
+        ids = np.fromiter(logit_bias, dtype=np.int64)
+        biases = np.fromiter(logit_bias.values(), dtype=np.float32)
+
+        def add_bias(input_ids: Any, scores: np.ndarray) -> np.ndarray:
+            scores[ids] += biases
+            return scores
+
+        return LogitsProcessorList([add_bias])
 
     def chat(self, messages: list[Message], options: SamplingOptions | None = None,
              on_text: Callable[[str], None] | None = None) -> Generation:

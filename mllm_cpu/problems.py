@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .answers import extract_boxed, gsm8k_reference
+from .convert.errors import InputError
 from .tasks import TASK_NAMES
 
 ProblemKind = Literal["gsm8k", "math", "humaneval", "plain"]
@@ -101,9 +102,12 @@ def _problem_id(record: dict[str, Any], line_number: int) -> str:
 def load_problems(path: Path) -> list[Problem]:
     """The problems of a JSONL file, one JSON object per line; blank lines are skipped.
 
-    A malformed line raises ValueError naming the file, the line number and the problem.
+    A missing file or a malformed line raises InputError naming the file, the line number
+    and the problem.
     """
     problems: list[Problem] = []
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
     with path.open("rb") as file:
         for line_number, raw in enumerate(file, start=1):
             try:
@@ -115,9 +119,9 @@ def load_problems(path: Path) -> list[Problem]:
                     raise ValueError("expected a JSON object")
                 problems.append(_problem(record, _problem_id(record, line_number)))
             except UnicodeDecodeError:
-                raise ValueError(f"{path}:{line_number}: not UTF-8 text") from None
+                raise InputError(f"{path}:{line_number}: not UTF-8 text") from None
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: bad JSON: {error.msg}") from None
+                raise InputError(f"{path}:{line_number}: bad JSON: {error.msg}") from None
             except ValueError as error:
-                raise ValueError(f"{path}:{line_number}: {error}") from None
+                raise InputError(f"{path}:{line_number}: {error}") from None
     return problems

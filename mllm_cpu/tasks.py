@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from .convert.errors import InputError
+
 AnswerKind = Literal["boxed", "code"]
 
 
@@ -138,8 +140,8 @@ def detect_task(problem: str) -> str:
 
 
 def get_preset(name: str) -> TaskPreset:
-    """The preset called `name` (case-insensitive); ValueError naming the valid ones."""
+    """The preset called `name` (case-insensitive); InputError naming the valid ones."""
     preset = PRESETS.get(name.strip().lower())
     if preset is None:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
+        raise InputError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
     return preset

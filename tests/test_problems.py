@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from mllm_cpu.convert.errors import InputError
 from mllm_cpu.problems import Problem, load_problems
 
 
@@ -111,7 +112,7 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_malformed_line(tmp_path: Path, line: str, reason: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "fine"}\n\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(InputError) as error:
         load_problems(path)
     message = str(error.value)
     assert message.startswith(f"{path}:3: ")
@@ -119,8 +120,13 @@ def test_malformed_line(tmp_path: Path, line: str, reason: str) -> None:
     assert "\n" not in message
 
 
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"absent\.jsonl: no such file"):
+        load_problems(tmp_path / "absent.jsonl")
+
+
 def test_invalid_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"question": "caf\xe9"}\n')
-    with pytest.raises(ValueError, match=r"latin1\.jsonl:1: not UTF-8"):
+    with pytest.raises(InputError, match=r"latin1\.jsonl:1: not UTF-8"):
         load_problems(path)

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from mllm_cpu.convert.errors import InputError
 from mllm_cpu.tasks import TASK_NAMES, TaskPreset, detect_task, get_preset
 
 PYTHON_PROMPT = (
@@ -59,7 +60,7 @@ def test_get_preset_is_case_insensitive() -> None:
 
 @pytest.mark.parametrize("name", ["auto", "java", ""])
 def test_get_preset_unknown_name(name: str) -> None:
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(InputError) as error:
         get_preset(name)
     message = str(error.value)
     assert "\n" not in message

@@ -1,0 +1,76 @@
+"""`mllm-cpu models` (the store as a table) and `mllm-cpu info MODEL` (one file's metadata)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from mllm_cpu.console import err, human_bytes, out, print_json, table
+from mllm_cpu.model_info import describe_model, store_listing
+from mllm_cpu.store import HOW_TO_GET_A_MODEL, models_dir, resolve_model
+
+
+def models(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the models in the store."""
+    rows = store_listing()
+    if json_output:
+        print_json(rows)
+        return
+    if not rows:
+        err.print(f"the store ({escape(str(models_dir()))}) is empty: {escape(HOW_TO_GET_A_MODEL)}", soft_wrap=True,
+                  highlight=False)
+        return
+    cells = [
+        [row["name"], "-", "-", "-", "-", f"unreadable: {row['error']}"] if row["error"] else
+        [row["name"], row["quant"], human_bytes(row["bytes"]), _millions(row["parameters"]),
+         row["context_length"] or "-", row["source_architecture"]] for row in rows]
+    columns = ["name", "quant", "size", "params", "context", "source architecture"]
+    rows_text = [[escape(str(cell)) for cell in row] for row in cells]
+    out.print(table(escape(f"models in {models_dir()}"), columns, rows_text))
+
+
+def info(
+    model: Annotated[str, typer.Argument(help="GGUF file, model name in the store, or checkpoint folder.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Show a model file's metadata: architecture, size, tensor types, context, tokenizer."""
+    details = describe_model(resolve_model(model))
+    if json_output:
+        print_json(details)
+        return
+    out.print(table(escape(str(details["name"])), ["field", "value"],
+                    [[field, escape(str(value))] for field, value in _info_rows(details)]))
+    if not details["runnable"]:
+        err.print(f"[yellow]cannot run this file:[/yellow] {escape(details['problem'])}", soft_wrap=True,
+                  highlight=False)
+
+
+def _info_rows(details: dict[str, Any]) -> list[list[Any]]:
+    special = ", ".join(f"{name} {token['id']} {token['text'] or ''}".rstrip()
+                        for name, token in details["special_tokens"].items())
+    sampling = ", ".join(f"{key} {value}" for key, value in details["sampling_defaults"].items())
+    return [
+        ["file", details["file"]],
+        ["architecture", details["architecture"]],
+        ["model", details["description"]],
+        ["source architecture", details["source_architecture"] or "-"],
+        ["parameters", f"{_millions(details['parameters'])} ({details['parameters']:,})"],
+        ["layers / width / heads / kv heads",
+         f"{details['layers']} / {details['embedding_length']} / {details['heads']} / {details['kv_heads']}"],
+        ["file type", details["file_type"]],
+        ["tensor types", details["type_mix_text"]],
+        ["context length", details["context_length"] or "-"],
+        ["vocabulary", f"{details['vocab_size']} ({details['tokenizer']})"],
+        ["special tokens", special or "-"],
+        ["chat template", "yes" if details["chat_template"] else "no"],
+        ["sampling defaults", sampling or "-"],
+        ["file size", f"{human_bytes(details['file_bytes'])} ({details['bits_per_weight']:.2f} bits/weight)"],
+    ]
+
+
+def _millions(parameters: int) -> str:
+    return f"{parameters / 1e6:.1f}M"

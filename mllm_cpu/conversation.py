@@ -1,0 +1,197 @@
+"""A multi-turn conversation: history, fitting it into the context, and the chat's slash commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mllm_cpu.convert.errors import InputError
+from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions
+from mllm_cpu.tasks import TASK_NAMES, get_preset
+
+CONVERSATION_FORMAT = "mllm-cpu-conversation"
+_ROLES = ("user", "assistant")
+
+HELP_TEXT = f"""\
+/help           this list
+/reset          forget the conversation (the system prompt stays)
+/system TEXT    set the system prompt (no TEXT: show it; /system none: remove it)
+/task NAME      use a task's system prompt: {", ".join(TASK_NAMES)}
+/save FILE      save the conversation as JSON
+/load FILE      load a conversation saved with /save
+/stats          tokens and speed of the last reply
+/quit           leave (Ctrl-D does too)
+Ctrl-C stops a reply and keeps what was generated."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The model's answer to one user message, and how many old turns were dropped to fit it."""
+
+    generation: Generation
+    dropped_turns: int
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a slash command has to say, and whether the chat should end."""
+
+    message: str
+    quit: bool = False
+
+
+class Conversation:
+    """The system prompt and the user/assistant turns so far, rendered by the model's chat template."""
+
+    def __init__(self, engine: Engine, options: SamplingOptions, system_prompt: str | None = None) -> None:
+        self.engine = engine
+        self.options = options
+        self.system_prompt = system_prompt
+        self.turns: list[Message] = []
+        self.last: Generation | None = None
+
+    def messages(self) -> list[Message]:
+        """The whole conversation as chat messages, the system prompt first."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + self.turns
+
+    def reply_budget(self) -> int:
+        """Tokens kept free for the reply when old turns must be dropped."""
+        return max(1, min(self.options.max_tokens, self.engine.n_ctx // 4))
+
+    def prompt_tokens(self) -> list[int]:
+        """The conversation rendered and tokenized, ending with the assistant's turn header."""
+        return self.engine.tokenize(self.engine.render_chat(self.messages()))
+
+    def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> Reply:
+        """Add a user message and generate the assistant's reply (kept even when Ctrl-C cut it short)."""
+        self.turns.append({"role": "user", "content": text})
+        try:
+            tokens, dropped = self._fit_context()
+            generation = self.engine.generate(tokens, self.options, on_text)
+        except BaseException:
+            self.turns.pop()
+            raise
+        self.turns.append({"role": "assistant", "content": generation.text})
+        self.last = generation
+        return Reply(generation, dropped)
+
+    def _fit_context(self) -> tuple[list[int], int]:
+        """Drop the oldest turns until the prompt leaves room for a reply; the system prompt stays."""
+        dropped = 0
+        tokens = self.prompt_tokens()
+        while len(tokens) + self.reply_budget() > self.engine.n_ctx and len(self.turns) > 1:
+            del self.turns[0]
+            if self.turns and self.turns[0]["role"] == "assistant":
+                del self.turns[0]
+            dropped += 1
+            tokens = self.prompt_tokens()
+        if len(tokens) >= self.engine.n_ctx:
+            raise InputError(f"the message needs {len(tokens)} tokens with the system prompt; "
+                             f"the context holds {self.engine.n_ctx} (use a larger --ctx)")
+        return tokens, dropped
+
+    def reset(self) -> None:
+        """Forget every turn; the system prompt stays."""
+        self.turns.clear()
+        self.last = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The conversation in the format /save writes."""
+        return {"format": CONVERSATION_FORMAT, "system": self.system_prompt, "messages": list(self.turns)}
+
+    def save(self, path: Path) -> None:
+        """Write the conversation to a JSON file."""
+        try:
+            path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise InputError(f"{path}: cannot write: {error.strerror}") from None
+
+    def load(self, path: Path) -> None:
+        """Replace the conversation with one from a JSON file (/save's format or a list of messages)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise InputError(f"{path}: cannot read: {error.strerror}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InputError(f"{path}: not a JSON conversation") from None
+        system, turns = _parse_conversation(data, path)
+        self.system_prompt = system
+        self.turns = turns
+        self.last = None
+
+
+def _parse_conversation(data: Any, path: Path) -> tuple[str | None, list[Message]]:
+    if isinstance(data, dict):
+        system = data.get("system")
+        messages = data.get("messages")
+    else:
+        system, messages = None, data
+    if not isinstance(messages, list) or (system is not None and not isinstance(system, str)):
+        raise InputError(f"{path}: expected {{\"system\": ..., \"messages\": [...]}} or a list of messages")
+    turns: list[Message] = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise InputError(f"{path}: message {number} needs a string \"content\"")
+        role = message.get("role")
+        if role == "system":
+            system = message["content"]
+        elif role in _ROLES:
+            turns.append({"role": role, "content": message["content"]})
+        else:
+            raise InputError(f"{path}: message {number} has role {role!r}; expected system, user or assistant")
+    return system, turns
+
+
+def generation_stats(generation: Generation | None, n_ctx: int) -> str:
+    """One paragraph on the last reply: tokens, speed, prompt time and context use."""
+    if generation is None:
+        return "no reply yet"
+    used = generation.prompt_tokens + generation.generated_tokens
+    return (
+        f"last reply: {generation.generated_tokens} tokens in {generation.generation_seconds:.2f} s, "
+        f"{generation.tokens_per_second:.1f} tokens/s (stopped by {generation.stop_reason}); "
+        f"prompt: {generation.prompt_tokens} tokens in {generation.prompt_seconds:.2f} s; "
+        f"context: {used}/{n_ctx} tokens"
+    )
+
+
+def run_command(conversation: Conversation, line: str) -> CommandResult:
+    """Carry out a slash command; a bad argument raises InputError."""
+    name, _, argument = line.strip().partition(" ")
+    argument = argument.strip()
+    command = name.lower()
+    if command in ("/help", "/?"):
+        return CommandResult(HELP_TEXT)
+    if command in ("/quit", "/exit", "/bye"):
+        return CommandResult("bye", quit=True)
+    if command == "/reset":
+        conversation.reset()
+        return CommandResult("conversation cleared")
+    if command == "/stats":
+        return CommandResult(generation_stats(conversation.last, conversation.engine.n_ctx))
+    if command == "/system":
+        if not argument:
+            return CommandResult(f"system prompt: {conversation.system_prompt!r}" if conversation.system_prompt
+                                 else "no system prompt")
+        conversation.system_prompt = None if argument.lower() == "none" else argument
+        return CommandResult("system prompt removed" if conversation.system_prompt is None else "system prompt set")
+    if command == "/task":
+        if not argument:
+            raise InputError(f"/task needs a name: {', '.join(TASK_NAMES)}")
+        preset = get_preset(argument)
+        conversation.system_prompt = preset.system_prompt
+        return CommandResult(f"system prompt set for the {preset.name} task")
+    if command in ("/save", "/load"):
+        if not argument:
+            raise InputError(f"{command} needs a file name")
+        path = Path(argument).expanduser()
+        if command == "/save":
+            conversation.save(path)
+            return CommandResult(f"saved {len(conversation.turns)} messages to {path}")
+        conversation.load(path)
+        return CommandResult(f"loaded {len(conversation.turns)} messages from {path}")
+    raise InputError(f"unknown command {name}; /help lists the commands")

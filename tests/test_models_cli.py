@@ -1,0 +1,111 @@
+"""`mllm-cpu models` and `mllm-cpu info`: the store as a table or JSON, one file's metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from cli_runner import run_cli
+from mllm_cpu.model_info import describe_model, store_listing
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables are not folded to 80 columns, so cells can be found whole."""
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+@pytest.fixture()
+def stored_tiny(synthetic_tiny_gguf: Path, isolated_store: Path) -> Path:
+    models = isolated_store / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(synthetic_tiny_gguf, models / synthetic_tiny_gguf.name))
+
+
+def _llama4_zero_experts(path: Path) -> Path:
+    writer = gguf.GGUFWriter(path, "llama4")
+    writer.add_block_count(1)
+    writer.add_context_length(4096)
+    writer.add_uint32("llama4.expert_count", 0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b"])
+    writer.add_tensor("token_embd.weight", np.zeros((2, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_models_with_an_empty_store_says_how_to_get_one() -> None:
+    result = run_cli("models")
+    assert result.returncode == 0
+    assert "mllm-cpu convert --synthetic 140m --store" in result.stderr.replace("\n", " ")
+    listed = run_cli("models", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_models_lists_the_store(stored_tiny: Path) -> None:
+    (stored_tiny.parent / "broken.gguf").write_bytes(b"GGUF" + b"\x00" * 40)
+    rows = store_listing()
+    assert [row["name"] for row in rows] == ["MobileLLM-R1-tiny-synthetic-17M-Q8_0", "broken"]
+    tiny = rows[0]
+    assert tiny["quant"] == "Q8_0" and tiny["context_length"] == 4096
+    assert tiny["source_architecture"] == "Llama4ForCausalLM"
+    assert tiny["bytes"] == stored_tiny.stat().st_size and tiny["parameters"] > 16_000_000
+    assert "broken.gguf" in rows[1]["error"]
+
+    result = run_cli("models")
+    assert result.returncode == 0, result.stderr
+    for text in ("MobileLLM-R1-tiny-synthetic-17M-Q8_0", "Q8_0", "4096", "Llama4ForCausalLM", "unreadable"):
+        assert text in result.stdout
+    listed = json.loads(run_cli("models", "--json").stdout)
+    assert listed == json.loads(json.dumps(rows))
+
+
+def test_info_shows_the_metadata(stored_tiny: Path) -> None:
+    details = describe_model(stored_tiny)
+    assert details["architecture"] == "qwen3"
+    assert details["description"] == "MobileLLM-R1 (Llama4 dense), run as qwen3"
+    assert details["vocab_size"] == 128256 and details["context_length"] == 4096
+    assert details["special_tokens"]["bos"] == {"id": 128000, "text": "<|begin_of_text|>"}
+    assert details["special_tokens"]["eot"] == {"id": 128009, "text": "<|eot_id|>"}
+    assert details["chat_template"] is True and details["runnable"] is True
+    assert set(details["type_mix"]) == {"q8_0", "f32"}
+    assert details["bits_per_weight"] > 8
+
+    result = run_cli("info", "MobileLLM-R1-tiny")
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    for text in ("MobileLLM-R1 (Llama4 dense), run as qwen3", "q8_0", "128256", "<|eot_id|>", "chat template │ yes",
+                 "bits/weight"):
+        assert text in flat
+    as_json = json.loads(run_cli("info", str(stored_tiny), "--json").stdout)
+    assert as_json == json.loads(json.dumps(details))
+
+
+def test_info_on_a_file_this_package_cannot_run(tmp_path: Path) -> None:
+    path = _llama4_zero_experts(tmp_path / "upstream.gguf")
+    result = run_cli("info", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    details = json.loads(result.stdout)
+    assert details["architecture"] == "llama4" and details["runnable"] is False
+    assert "zero experts" in details["problem"]
+    shown = run_cli("info", str(path))
+    assert "cannot run this file" in shown.stderr
+
+
+@pytest.mark.parametrize(("argument", "message"), [
+    ("nothing-like-this", "not a file, a checkpoint folder, or a model in the store"),
+    ("/no/such/file.gguf", "no such model file"),
+])
+def test_info_errors(argument: str, message: str) -> None:
+    result = run_cli("info", argument)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.startswith("error: ")
