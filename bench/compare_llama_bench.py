@@ -1,0 +1,200 @@
+"""Anchor `mllm-cpu bench` to llama.cpp's own llama-bench on the same file and threads.
+
+    python -m mllm_cpu.bench.compare_llama_bench MODEL.gguf -t 2 --rounds 5 [--build]
+
+llama-bench is built from the llama.cpp sources that the installed llama-cpp-python vendors
+(its sdist, fetched with pip, or `--source DIR`), with the flags llama-cpp-python builds
+with (Release, shared libraries, -march=native, OpenMP), and cached in the model store.
+Each round runs, per test, both tools back to back with the same settings (threads, batch
+sizes, repetitions), alternating which goes first. The ratio ours/llama-bench is that of
+the medians over the rounds of each tool's mean t/s ("paired": the median of the per-round
+ratios, which cancels slow drifts of a noisy machine). Not run in CI: it needs a compiler,
+cmake and minutes of build time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mllm_cpu.convert.errors import InputError
+from mllm_cpu.hardware import physical_cores
+from mllm_cpu.model_file import validate_model_file
+from mllm_cpu.store import store_home
+
+from .llama_session import loaded_model
+from .speed import SpeedTest, run_speed_test
+
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF",
+    "-DGGML_CCACHE=OFF",
+)
+
+
+def llama_cpp_python_version() -> str:
+    """The installed llama-cpp-python version (its sdist carries the matching llama.cpp)."""
+    return importlib.metadata.version("llama-cpp-python")
+
+
+def cache_dir() -> Path:
+    """Where the llama-bench build for this llama-cpp-python version lives."""
+    return store_home() / "tools" / f"llama.cpp-{llama_cpp_python_version()}"
+
+
+def cached_binary() -> Path:
+    """The cached llama-bench executable (it may not exist yet)."""
+    return cache_dir() / "build" / "bin" / "llama-bench"
+
+
+def fetch_sources(workdir: Path) -> Path:
+    """Download llama-cpp-python's sdist with pip and return its vendored llama.cpp tree."""
+    spec = f"llama-cpp-python=={llama_cpp_python_version()}"
+    subprocess.run([sys.executable, "-m", "pip", "download", spec, "--no-deps", "--no-binary", ":all:",
+                    "-d", str(workdir)], check=True)
+    (archive,) = workdir.glob("llama_cpp_python-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(workdir, filter="data")
+        else:
+            tar.extractall(workdir)
+    (source,) = workdir.glob("llama_cpp_python-*/vendor/llama.cpp")
+    return source
+
+
+def build_llama_bench(source: Path | None = None, jobs: int | None = None) -> Path:
+    """Configure and build llama-bench with cmake into the cache; returns the executable."""
+    if shutil.which("cmake") is None:
+        raise InputError("building llama-bench needs cmake (and a C/C++ compiler)")
+    build = cache_dir() / "build"
+    with tempfile.TemporaryDirectory(prefix="llama-cpp-src-") as workdir:
+        tree = Path(source) if source is not None else fetch_sources(Path(workdir))
+        if not (tree / "tools" / "llama-bench").is_dir():
+            raise InputError(f"{tree}: not a llama.cpp source tree with tools/llama-bench")
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *CMAKE_FLAGS], check=True)
+        subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j",
+                        str(jobs or os.cpu_count() or 1)], check=True)
+    return cached_binary()
+
+
+@dataclass
+class Comparison:
+    """Per test (e.g. "pp512"): the llama-bench command and each round's mean t/s from both tools."""
+
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    ours: dict[str, list[float]] = field(default_factory=dict)
+    llama_bench: dict[str, list[float]] = field(default_factory=dict)
+
+    def ratio(self, test: str) -> float:
+        """median(ours) / median(llama-bench)."""
+        return statistics.median(self.ours[test]) / statistics.median(self.llama_bench[test])
+
+    def paired_ratio(self, test: str) -> float:
+        """The median over rounds of ours / llama-bench within a round (cancels drift between rounds)."""
+        return statistics.median(o / b for o, b in zip(self.ours[test], self.llama_bench[test]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with medians and ratios."""
+        return {test: {"llama_bench_command": self.commands[test], "ours": self.ours[test],
+                       "llama_bench": self.llama_bench[test], "ours_median": statistics.median(self.ours[test]),
+                       "llama_bench_median": statistics.median(self.llama_bench[test]),
+                       "ratio": self.ratio(test), "paired_ratio": self.paired_ratio(test)}
+                for test in self.ours}
+
+
+def llama_bench_command(binary: Path, model: Path, test: SpeedTest, repetitions: int) -> list[str]:
+    """llama-bench running exactly one test with the same settings as ours."""
+    return [str(binary), "-m", str(model), "-t", str(test.threads), "-p", str(test.n_prompt), "-n", str(test.n_gen),
+            "-b", str(test.n_batch), "-ub", str(test.n_ubatch), "-r", str(repetitions), "-o", "json"]
+
+
+def run_llama_bench(command: list[str]) -> float:
+    """Run llama-bench (one test, `-o json`) and return its mean t/s."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"llama-bench failed: {done.stderr.strip().splitlines()[-1:]}")
+    (entry,) = json.loads(done.stdout)
+    return float(entry["avg_ts"])
+
+
+def run_ours(model: Path, test: SpeedTest, repetitions: int) -> float:
+    """Load the model and run one test as `mllm-cpu bench` does; mean t/s."""
+    with loaded_model(model) as loaded:
+        return run_speed_test(loaded, test, repetitions).mean_ts
+
+
+def compare(binary: Path, model: Path, threads: int, n_prompt: int, n_gen: int, repetitions: int,
+            rounds: int) -> Comparison:
+    """For each round and test, run both tools back to back, alternating which goes first."""
+    validate_model_file(model)
+    tests = [SpeedTest(n_prompt, 0, threads), SpeedTest(0, n_gen, threads)]
+    comparison = Comparison({t.name: llama_bench_command(binary, model, t, repetitions) for t in tests})
+    for round_index in range(rounds):
+        for test_index, test in enumerate(tests):
+            ours_first = (round_index + test_index) % 2 == 0
+            for tool in (("ours", "llama-bench") if ours_first else ("llama-bench", "ours")):
+                if tool == "ours":
+                    comparison.ours.setdefault(test.name, []).append(run_ours(model, test, repetitions))
+                else:
+                    value = run_llama_bench(comparison.commands[test.name])
+                    comparison.llama_bench.setdefault(test.name, []).append(value)
+        line = ", ".join(f"{name} ours {comparison.ours[name][-1]:.2f} / llama-bench "
+                         f"{comparison.llama_bench[name][-1]:.2f}" for name in comparison.ours)
+        print(f"round {round_index + 1}/{rounds}: {line}", file=sys.stderr, flush=True)
+    return comparison
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: compare on one GGUF file and print the medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("-t", "--threads", type=int, default=physical_cores())
+    parser.add_argument("-p", "--n-prompt", type=int, default=512)
+    parser.add_argument("-n", "--n-gen", type=int, default=128)
+    parser.add_argument("-r", "--repetitions", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--llama-bench", type=Path, help="use this llama-bench executable")
+    parser.add_argument("--build", action="store_true", help="build llama-bench with cmake (cached)")
+    parser.add_argument("--source", type=Path, help="llama.cpp source tree for --build (default: the sdist)")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if min(args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds) < 1:
+            raise InputError("threads, -p, -n, repetitions and rounds must be at least 1")
+        binary = args.llama_bench or cached_binary()
+        if args.build and args.llama_bench is None:
+            binary = build_llama_bench(args.source)
+        if not binary.is_file():
+            raise InputError(f"no llama-bench at {binary}; run with --build (or give --llama-bench PATH)")
+        comparison = compare(binary, args.model, args.threads, args.n_prompt, args.n_gen, args.repetitions,
+                             args.rounds)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+        return 0
+    for test, command in comparison.commands.items():
+        print(f"llama-bench {test}: " + " ".join(command))
+    print(f"{'test':>8} {'ours t/s':>12} {'llama-bench t/s':>16} {'ours/llama-bench':>17} {'paired':>8}")
+    for test in comparison.ours:
+        print(f"{test:>8} {statistics.median(comparison.ours[test]):12.2f} "
+              f"{statistics.median(comparison.llama_bench[test]):16.2f} {comparison.ratio(test):17.3f} "
+              f"{comparison.paired_ratio(test):8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

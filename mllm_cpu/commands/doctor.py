@@ -1,0 +1,33 @@
+"""`mllm-cpu doctor`: the CPU, cores, SIMD features, memory and versions this install runs with."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mllm_cpu.bench.machine import machine_info, package_versions
+from mllm_cpu.console import human_bytes, out, print_json, table
+
+
+def doctor(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
+) -> None:
+    """Show the CPU, cores, SIMD features and build flags (as llama.cpp reports them), memory and versions."""
+    machine = machine_info()
+    versions = package_versions()
+    if json_output:
+        print_json({"machine": machine.to_dict(), "versions": versions})
+        return
+    rows = [
+        ["CPU", machine.cpu_model],
+        ["architecture", f"{machine.architecture} ({machine.system})"],
+        ["cores", f"{machine.physical_cores} physical, {machine.logical_cores} logical"],
+        ["SIMD features (llama.cpp)", ", ".join(machine.simd_features) or "none"],
+        ["build flags (llama.cpp)", ", ".join(machine.build_flags) or "none"],
+        ["llama_print_system_info", machine.llama_system_info],
+        ["memory", f"{human_bytes(machine.memory_total_bytes)} total, "
+                   f"{human_bytes(machine.memory_available_bytes)} available"],
+        *([name, version] for name, version in versions.items()),
+    ]
+    out.print(table("mllm-cpu doctor", ["item", "value"], rows))

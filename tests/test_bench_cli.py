@@ -1,0 +1,77 @@
+"""`mllm-cpu bench` and `mllm-cpu doctor` as a user runs them: results, files, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli_runner import error_lines, run_cli
+
+
+@pytest.fixture
+def corrupt_gguf(tmp_path: Path) -> Path:
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
+    return path
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["/nowhere/model.gguf"], "no such model file"),
+    (["{corrupt}"], "broken.gguf"),
+    (["{tiny}", "--board", "rpi3"], "unknown board rpi3"),
+    (["--synthetic", "140m", "--quant", "q9_9"], "unknown quant type q9_9"),
+    (["--synthetic", "2b"], "unknown synthetic model 2b"),
+    (["{tiny}", "-t", "0"], "-t/--threads must be at least 1, got 0"),
+    (["{tiny}", "-t", "two"], "-t/--threads takes comma-separated integers"),
+    (["{tiny}", "-r", "0"], "-r/--repetitions must be at least 1"),
+    (["{tiny}", "-p", "0", "-n", "0"], "nothing to measure"),
+    (["{tiny}", "--ctx", "100000"], "exceeds the training context"),
+    (["{tiny}", "--quant", "q4_0"], "--quant applies to --synthetic models only"),
+    (["{tiny}", "--json", "--csv"], "choose one of --json, --csv and --md"),
+    (["{tiny}", "--out", "{tmp}/result.txt"], "say the format"),
+    (["{tiny}", "--out", "{tmp}/missing/result.json"], "does not exist"),
+    ([], "give GGUF files"),
+])
+def test_bad_options_and_files_are_one_clear_line(arguments: list[str], message: str, corrupt_gguf: Path,
+                                                   synthetic_tiny_gguf: Path, tmp_path: Path) -> None:
+    filled = [a.format(corrupt=corrupt_gguf, tiny=synthetic_tiny_gguf, tmp=tmp_path) for a in arguments]
+    result = run_cli("bench", *filled, "--no-bandwidth")
+    lines = error_lines(result)
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+    assert "Traceback" not in result.stderr
+
+
+def test_synthetic_models_are_converted_once_into_the_store(isolated_store: Path, tmp_path: Path) -> None:
+    arguments = ["bench", "--synthetic", "tiny", "--quant", "q8_0", "-p", "16", "-n", "4", "-r", "1", "-c", "256"]
+    first = run_cli(*arguments, "--json")
+    assert first.returncode == 0, first.stderr
+    run = json.loads(first.stdout)
+    (model,) = run["models"]
+    gguf = Path(model["path"])
+    assert gguf.parent == isolated_store / "models" and gguf.name.startswith("MobileLLM-R1-tiny-synthetic")
+    assert gguf.name.endswith("-Q8_0.gguf")
+    assert (isolated_store / "checkpoints" / "MobileLLM-R1-tiny-synthetic" / "model.safetensors").is_file()
+    assert [(r["test"], r["counted_tokens"]) for r in run["results"]] == [("pp16", [16]), ("tg4", [4])]
+    assert run["bandwidth"]["best"] > 0 and run["results"][1]["roofline_ts"] > 0
+    written = gguf.stat().st_mtime_ns
+
+    report = tmp_path / "pi.md"
+    second = run_cli(*arguments, "--no-bandwidth", "--board", "pi-zero-2", "--out", str(report))
+    assert second.returncode == 0, second.stderr
+    assert gguf.stat().st_mtime_ns == written
+    assert "pi-zero-2" in report.read_text() and "tg4" in report.read_text()
+    assert "Memory fit at context 256" in second.stdout and "pp16" in second.stdout
+
+
+def test_doctor_reports_the_machine_and_versions() -> None:
+    result = run_cli("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["machine"]["physical_cores"] >= 1 and facts["machine"]["cpu_model"]
+    assert facts["machine"]["llama_system_info"].startswith("CPU")
+    assert facts["versions"]["llama-cpp-python"] == "0.3.36"
+    table = run_cli("doctor")
+    assert table.returncode == 0 and "SIMD features" in table.stdout and "numpy" in table.stdout
