@@ -13,7 +13,7 @@ from typing import Protocol
 
 from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.gguf_summary import read_summary
-from mllm_cpu.convert.pipeline import ConvertProgress
+from mllm_cpu.convert.pipeline import ConvertProgress, SilentProgress
 from mllm_cpu.convert.quant_types import QuantLevel
 from mllm_cpu.hardware import logical_cores
 from mllm_cpu.model_file import validate_model_file
@@ -48,16 +48,7 @@ class BenchProgress(ConvertProgress, Protocol):
         """A short status before the measurements, e.g. a checkpoint being written."""
 
 
-class _Silent:
-    def file_started(self, label: str, tensors: int | None) -> None:
-        pass
-
-    def tensor_written(self, name: str) -> None:
-        pass
-
-    def file_finished(self, label: str) -> None:
-        pass
-
+class _Silent(SilentProgress):
     def begin(self, total_steps: int) -> None:
         pass
 

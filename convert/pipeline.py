@@ -35,7 +35,9 @@ class ConvertProgress(Protocol):
         """The current file is complete."""
 
 
-class _Silent:
+class SilentProgress:
+    """A ConvertProgress that shows nothing."""
+
     def file_started(self, label: str, tensors: int | None) -> None:
         pass
 
@@ -114,7 +116,7 @@ def convert_checkpoint(
     if existing and not force:
         raise InputError(f"{existing[0]} already exists (use --force to overwrite)")
     outdir.mkdir(parents=True, exist_ok=True)
-    progress = progress or _Silent()
+    progress = progress or SilentProgress()
 
     def needs_llama_cpp(level: QuantLevel) -> bool:
         return not level.direct or (embedding_type is not None and embedding_type != level.matrix_type)

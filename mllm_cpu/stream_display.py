@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import re
-import statistics
 import time
-from dataclasses import dataclass, replace
 
 from rich.console import Console
 from rich.text import Text
 
-from mllm_cpu.engine import Engine, SamplingOptions
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 DEFAULT_INTERVAL_S = 0.05
@@ -58,37 +55,3 @@ class TerminalStream:
         if not self.ends_with_newline:
             self.console.print()
             self.ends_with_newline = True
-
-
-@dataclass(frozen=True)
-class StreamingOverhead:
-    """Median generation speed with and without a terminal stream attached."""
-
-    plain_tokens_per_second: float
-    streamed_tokens_per_second: float
-    runs: int
-
-    @property
-    def overhead(self) -> float:
-        """The fraction of speed lost to streaming (0.02 = 2% slower)."""
-        if self.plain_tokens_per_second <= 0:
-            return 0.0
-        return 1 - self.streamed_tokens_per_second / self.plain_tokens_per_second
-
-
-def measure_streaming_overhead(engine: Engine, prompt: str, options: SamplingOptions, console: Console,
-                               runs: int = 5, interval_s: float = DEFAULT_INTERVAL_S) -> StreamingOverhead:
-    """Generate `runs` times with and without a TerminalStream (alternating, after one warm-up run).
-
-    Every run evaluates the prompt afresh with the same seed, so both sides produce the same tokens.
-    """
-    seeded = replace(options, seed=options.seed if options.seed is not None else 0)
-    engine.generate(prompt, seeded, reuse_prefix=False)
-    plain: list[float] = []
-    streamed: list[float] = []
-    for _ in range(runs):
-        plain.append(engine.generate(prompt, seeded, reuse_prefix=False).tokens_per_second)
-        stream = TerminalStream(console, style="dim", interval_s=interval_s)
-        streamed.append(engine.generate(prompt, seeded, stream, reuse_prefix=False).tokens_per_second)
-        stream.finish()
-    return StreamingOverhead(statistics.median(plain), statistics.median(streamed), runs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from mllm_cpu.answers import extract_answer
 from mllm_cpu.convert.errors import InputError
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.solver import Solution, choose_task, is_correct, problem_messages, run_solution, solve
-from mllm_cpu.stream_display import TerminalStream, measure_streaming_overhead, printable
+from mllm_cpu.stream_display import TerminalStream, printable
 from mllm_cpu.tasks import get_preset
 
 
@@ -113,12 +112,3 @@ def test_terminal_stream_batches_writes_and_strips_control_characters() -> None:
     assert printable("x\ty\r\n") == "x\ty\n"
 
 
-def test_streaming_overhead_is_small(engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
-    console = Console(file=open("/dev/null", "w"), force_terminal=True, width=100)
-    prompt = engine.render_chat(problem_messages("What is 3 + 4?", get_preset("math")))
-    result = measure_streaming_overhead(engine, prompt, replace(SamplingOptions(), seed=4, max_tokens=200), console,
-                                        runs=3)
-    with capsys.disabled():
-        print(f"\nstreaming overhead on the tiny model: {result.plain_tokens_per_second:.1f} tok/s plain, "
-              f"{result.streamed_tokens_per_second:.1f} tok/s streamed ({100 * result.overhead:+.1f}%)")
-    assert result.overhead < 0.25

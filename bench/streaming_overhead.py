@@ -1,0 +1,74 @@
+"""How much streaming to a terminal costs generation speed (chat and solve stream).
+
+    python -m mllm_cpu.bench.streaming_overhead MODEL [-t THREADS] [--runs 5] [--tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass, replace
+
+from rich.console import Console
+
+from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.solver import problem_messages
+from mllm_cpu.store import resolve_model
+from mllm_cpu.stream_display import DEFAULT_INTERVAL_S, TerminalStream
+from mllm_cpu.tasks import get_preset
+
+
+@dataclass(frozen=True)
+class StreamingOverhead:
+    """Median generation speed with and without a terminal stream attached."""
+
+    plain_tokens_per_second: float
+    streamed_tokens_per_second: float
+    runs: int
+
+    @property
+    def overhead(self) -> float:
+        """The fraction of speed lost to streaming (0.02 = 2% slower)."""
+        if self.plain_tokens_per_second <= 0:
+            return 0.0
+        return 1 - self.streamed_tokens_per_second / self.plain_tokens_per_second
+
+
+def measure_streaming_overhead(engine: Engine, prompt: str, options: SamplingOptions, console: Console,
+                               runs: int = 5, interval_s: float = DEFAULT_INTERVAL_S) -> StreamingOverhead:
+    """Generate `runs` times with and without a TerminalStream (alternating, after one warm-up run).
+
+    Every run evaluates the prompt afresh with the same seed, so both sides produce the same tokens.
+    """
+    seeded = replace(options, seed=options.seed if options.seed is not None else 0)
+    engine.generate(prompt, seeded, reuse_prefix=False)
+    plain: list[float] = []
+    streamed: list[float] = []
+    for _ in range(runs):
+        plain.append(engine.generate(prompt, seeded, reuse_prefix=False).tokens_per_second)
+        stream = TerminalStream(console, style="dim", interval_s=interval_s)
+        streamed.append(engine.generate(prompt, seeded, stream, reuse_prefix=False).tokens_per_second)
+        stream.finish()
+    return StreamingOverhead(statistics.median(plain), statistics.median(streamed), runs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the median tokens/s with and without streaming to this terminal."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("-t", "--threads", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    engine = Engine(resolve_model(args.model), threads=args.threads)
+    prompt = engine.render_chat(problem_messages("Compute: 1-2+3-4+5-...+99-100", get_preset("math")))
+    options = replace(SamplingOptions(), seed=4, max_tokens=args.tokens)
+    console = Console()
+    result = measure_streaming_overhead(engine, prompt, options, console, runs=args.runs)
+    console.print(f"\nplain {result.plain_tokens_per_second:.1f} tok/s, streamed "
+                  f"{result.streamed_tokens_per_second:.1f} tok/s: overhead {100 * result.overhead:+.1f}% "
+                  f"(median of {result.runs}, {engine.threads} threads)")
+
+
+if __name__ == "__main__":
+    main()
