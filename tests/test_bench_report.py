@@ -23,22 +23,14 @@ from mllm_cpu.bench.results import BenchRun
 from mllm_cpu.bench.runner import BenchOptions, run_benchmark
 from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.gguf_header import read_gguf_header
+from mllm_cpu.convert.pipeline import SilentProgress
 
 
-class RecordedProgress:
+class RecordedProgress(SilentProgress):
     def __init__(self) -> None:
         self.total = 0
         self.advanced = 0
         self.stages: list[str] = []
-
-    def file_started(self, label: str, tensors: int | None) -> None:
-        pass
-
-    def tensor_written(self, name: str) -> None:
-        pass
-
-    def file_finished(self, label: str) -> None:
-        pass
 
     def begin(self, total_steps: int) -> None:
         self.total = total_steps
