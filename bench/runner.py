@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Protocol
 
 from mllm_cpu.convert.errors import InputError
-from mllm_cpu.convert.gguf_summary import read_summary
+from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.convert.pipeline import ConvertProgress, SilentProgress
 from mllm_cpu.convert.quant_types import QuantLevel
 from mllm_cpu.hardware import logical_cores
-from mllm_cpu.model_file import validate_model_file
+from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.store import resolve_model
 
 from .bandwidth import Bandwidth, measure_read_bandwidth
@@ -142,19 +142,20 @@ def run_benchmark(paths: list[Path], options: BenchOptions, progress: BenchProgr
         parameters={**asdict(options), "threads": threads, "board": asdict(board), "type_k": "f16",
                     "type_v": "f16", "flash_attn": "auto", "memory_threads": threads[0]},
     )
-    for path in paths:
-        _bench_model(run, path, tests, options, board, threads[0], bandwidth, progress)
+    for model_file in files:
+        _bench_model(run, model_file, tests, options, board, threads[0], bandwidth, progress)
     return run
 
 
-def _bench_model(run: BenchRun, path: Path, tests: list[SpeedTest], options: BenchOptions, board: Board,
+def _bench_model(run: BenchRun, model_file: ModelFile, tests: list[SpeedTest], options: BenchOptions, board: Board,
                  threads: int, bandwidth: Bandwidth | None, progress: BenchProgress) -> None:
+    path = model_file.path
     name = path.stem
     progress.stage(f"{name}: peak memory in a fresh process")
     memory = measure_memory(path, options.n_ctx, threads, options.ubatches[0])
     progress.advance()
     progress.stage(f"{name}: loading")
-    summary = read_summary(path)
+    summary = summarize_header(model_file.header)
     with loaded_model(path) as model:
         progress.advance()
         token_bytes = bytes_per_token(model.file.header)

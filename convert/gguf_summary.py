@@ -9,7 +9,7 @@ from typing import Any
 
 import gguf
 
-from .gguf_header import read_gguf_header
+from .gguf_header import GGUFHeader, read_gguf_header
 
 
 @dataclass
@@ -40,12 +40,16 @@ class GGUFSummary:
 
 def read_summary(path: Path) -> GGUFSummary:
     """Summarize a GGUF file; a malformed file raises InputError."""
-    header = read_gguf_header(path)
+    return summarize_header(read_gguf_header(path))
+
+
+def summarize_header(header: GGUFHeader) -> GGUFSummary:
+    """Summarize an already parsed GGUF header."""
     mix: Counter[str] = Counter()
     for tensor in header.tensors:
         mix[type_name(tensor.type)] += tensor.n_elements
     return GGUFSummary(
-        path=Path(path),
+        path=header.path,
         file_bytes=header.file_size,
         tensor_bytes=sum(t.n_bytes for t in header.tensors),
         parameters=sum(mix.values()),

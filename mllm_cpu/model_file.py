@@ -41,7 +41,12 @@ class ModelFile:
 
 def validate_model_file(path: Path) -> ModelFile:
     """Parse and check a GGUF: readable, a supported architecture, a tokenizer, consistent tensors."""
-    header = read_gguf_header(Path(path))
+    return validate_header(read_gguf_header(Path(path)))
+
+
+def validate_header(header: GGUFHeader) -> ModelFile:
+    """Check an already parsed GGUF header (see validate_model_file)."""
+    path = header.path
     arch = header.architecture
     if arch == "llama4" and not header.get("llama4.expert_count"):
         raise InputError(
@@ -67,7 +72,7 @@ def validate_model_file(path: Path) -> ModelFile:
         raise InputError(f"{path}: missing or invalid hyperparameter {err}") from None
     n_vocab = header.array_lengths["tokenizer.ggml.tokens"]
     _check_tensors(path, header, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab)
-    return ModelFile(Path(path), header, n_layer, n_embd, n_head, n_head_kv, head_dim, n_vocab, n_ctx_train)
+    return ModelFile(path, header, n_layer, n_embd, n_head, n_head_kv, head_dim, n_vocab, n_ctx_train)
 
 
 def _check_tensors(path: Path, header: GGUFHeader, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,

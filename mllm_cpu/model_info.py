@@ -8,8 +8,8 @@ from typing import Any
 from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.gguf_file import SOURCE_ARCHITECTURE_KEY, SOURCE_LABEL_KEY
 from mllm_cpu.convert.gguf_header import read_gguf_header
-from mllm_cpu.convert.gguf_summary import GGUFSummary, read_summary
-from mllm_cpu.model_file import validate_model_file
+from mllm_cpu.convert.gguf_summary import GGUFSummary, read_summary, summarize_header
+from mllm_cpu.model_file import validate_header
 from mllm_cpu.store import stored_models
 
 SPECIAL_TOKEN_KEYS = ("bos", "eos", "eot", "eom", "pad", "unk")
@@ -44,11 +44,11 @@ def _listing_row(summary: GGUFSummary) -> dict[str, Any]:
 def describe_model(path: Path) -> dict[str, Any]:
     """Metadata of one GGUF file; `runnable` and `problem` say whether this package can run it."""
     header = read_gguf_header(path, keep_vocabulary=True)
-    summary = read_summary(path)
+    summary = summarize_header(header)
     arch = header.architecture
     tokens = header.get("tokenizer.ggml.tokens") or []
     try:
-        model = validate_model_file(path)
+        model = validate_header(header)
         description, problem = model.description, None
     except InputError as error:
         description, problem = arch, str(error)
