@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.hardware import available_memory_bytes, physical_cores
 
 DEFAULT_ARRAY_BYTES = 1 << 30
@@ -50,8 +50,9 @@ class Bandwidth:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Bandwidth:
         """The inverse of `to_dict`."""
-        return cls([float(s) for s in data["samples"]], int(data["workers"]), int(data["array_bytes"]),
-                   str(data["method"]))
+        return cls(
+            [float(s) for s in data["samples"]], int(data["workers"]), int(data["array_bytes"]), str(data["method"])
+        )
 
 
 def default_array_bytes() -> int:
@@ -59,8 +60,7 @@ def default_array_bytes() -> int:
     return max(MIN_ARRAY_BYTES, min(DEFAULT_ARRAY_BYTES, available_memory_bytes() // 4))
 
 
-def measure_read_bandwidth(workers: int | None = None, array_bytes: int | None = None,
-                           repeats: int = 5) -> Bandwidth:
+def measure_read_bandwidth(workers: int | None = None, array_bytes: int | None = None, repeats: int = 5) -> Bandwidth:
     """Measure streaming read bandwidth with `workers` processes over `array_bytes` in total."""
     workers = workers or physical_cores()
     array_bytes = array_bytes or default_array_bytes()
@@ -70,8 +70,10 @@ def measure_read_bandwidth(workers: int | None = None, array_bytes: int | None =
     barrier = context.Barrier(workers)
     results = context.Queue()
     share = array_bytes // workers // 4 * 4
-    processes = [context.Process(target=_read_worker, args=(share, repeats, barrier, results), daemon=True)
-                 for _ in range(workers)]
+    processes = [
+        context.Process(target=_read_worker, args=(share, repeats, barrier, results), daemon=True)
+        for _ in range(workers)
+    ]
     for process in processes:
         process.start()
     try:

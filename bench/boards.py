@@ -11,7 +11,7 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.hardware import available_memory_bytes, physical_cores, total_memory_bytes
 
 CONTEXT_PADDING = 256
@@ -34,12 +34,27 @@ class Board:
 BOARDS: dict[str, Board] = {
     board.key: board
     for board in (
-        Board("rpi4", "Raspberry Pi 4 Model B, 4 GB variant (4x Cortex-A72 1.8 GHz); "
-                      "512 MiB left to firmware and a Lite OS", 4, 4 * GIB, 4 * GIB - 512 * MIB),
-        Board("rpi5", "Raspberry Pi 5, 8 GB (4x Cortex-A76 2.4 GHz); 512 MiB left to firmware and a Lite OS",
-              4, 8 * GIB, 8 * GIB - 512 * MIB),
-        Board("pi-zero-2", "Raspberry Pi Zero 2 W, 512 MB (4x Cortex-A53 1 GHz); "
-                           "128 MiB left to the GPU split, kernel and a Lite OS", 4, 512 * MIB, 384 * MIB),
+        Board(
+            "rpi4",
+            "Raspberry Pi 4 Model B, 4 GB variant (4x Cortex-A72 1.8 GHz); 512 MiB left to firmware and a Lite OS",
+            4,
+            4 * GIB,
+            4 * GIB - 512 * MIB,
+        ),
+        Board(
+            "rpi5",
+            "Raspberry Pi 5, 8 GB (4x Cortex-A76 2.4 GHz); 512 MiB left to firmware and a Lite OS",
+            4,
+            8 * GIB,
+            8 * GIB - 512 * MIB,
+        ),
+        Board(
+            "pi-zero-2",
+            "Raspberry Pi Zero 2 W, 512 MB (4x Cortex-A53 1 GHz); 128 MiB left to the GPU split, kernel and a Lite OS",
+            4,
+            512 * MIB,
+            384 * MIB,
+        ),
     )
 }
 BOARD_NAMES = (*BOARDS, "laptop")
@@ -47,9 +62,13 @@ BOARD_NAMES = (*BOARDS, "laptop")
 
 def this_machine() -> Board:
     """The `laptop` preset: this machine's physical cores, budget = memory available now."""
-    return Board("laptop", f"this machine ({platform.machine()}, {physical_cores()} cores), "
-                           "budget = memory available now", physical_cores(), total_memory_bytes(),
-                 available_memory_bytes())
+    return Board(
+        "laptop",
+        f"this machine ({platform.machine()}, {physical_cores()} cores), budget = memory available now",
+        physical_cores(),
+        total_memory_bytes(),
+        available_memory_bytes(),
+    )
 
 
 def parse_board(name: str) -> Board:
@@ -105,8 +124,16 @@ class FitCheck:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
-def fit_check(board: Board, n_layer: int, n_head_kv: int, head_dim: int, n_ctx_train: int, weight_bytes: int,
-              compute_bytes: int, n_ctx: int) -> FitCheck:
+def fit_check(
+    board: Board,
+    n_layer: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_ctx_train: int,
+    weight_bytes: int,
+    compute_bytes: int,
+    n_ctx: int,
+) -> FitCheck:
     """Check a context length against the budget and find the largest context that fits.
 
     `weight_bytes` is the tensor data llama.cpp maps or repacks; `compute_bytes` the compute

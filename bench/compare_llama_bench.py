@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import validate_model_file
 from mllm_cpu.store import store_home
@@ -37,8 +37,14 @@ from .llama_session import loaded_model
 from .speed import SpeedTest, run_speed_test
 
 CMAKE_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DGGML_NATIVE=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_OPENSSL=OFF",
     "-DGGML_CCACHE=OFF",
 )
 
@@ -61,8 +67,10 @@ def cached_binary() -> Path:
 def fetch_sources(workdir: Path) -> Path:
     """Download llama-cpp-python's sdist with pip and return its vendored llama.cpp tree."""
     spec = f"llama-cpp-python=={llama_cpp_python_version()}"
-    subprocess.run([sys.executable, "-m", "pip", "download", spec, "--no-deps", "--no-binary", ":all:",
-                    "-d", str(workdir)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", spec, "--no-deps", "--no-binary", ":all:", "-d", str(workdir)],
+        check=True,
+    )
     (archive,) = workdir.glob("llama_cpp_python-*.tar.gz")
     with tarfile.open(archive) as tar:
         if hasattr(tarfile, "data_filter"):
@@ -84,8 +92,10 @@ def build_llama_bench(source: Path | None = None, jobs: int | None = None) -> Pa
             raise InputError(f"{tree}: not a llama.cpp source tree with tools/llama-bench")
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *CMAKE_FLAGS], check=True)
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j",
-                        str(jobs or os.cpu_count() or 1)], check=True)
+        subprocess.run(
+            ["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(jobs or os.cpu_count() or 1)],
+            check=True,
+        )
     return cached_binary()
 
 
@@ -103,21 +113,45 @@ class Comparison:
 
     def paired_ratio(self, test: str) -> float:
         """The median over rounds of ours / llama-bench within a round (cancels drift between rounds)."""
-        return statistics.median(o / b for o, b in zip(self.ours[test], self.llama_bench[test]))
+        return statistics.median(o / b for o, b in zip(self.ours[test], self.llama_bench[test], strict=False))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with medians and ratios."""
-        return {test: {"llama_bench_command": self.commands[test], "ours": self.ours[test],
-                       "llama_bench": self.llama_bench[test], "ours_median": statistics.median(self.ours[test]),
-                       "llama_bench_median": statistics.median(self.llama_bench[test]),
-                       "ratio": self.ratio(test), "paired_ratio": self.paired_ratio(test)}
-                for test in self.ours}
+        return {
+            test: {
+                "llama_bench_command": self.commands[test],
+                "ours": self.ours[test],
+                "llama_bench": self.llama_bench[test],
+                "ours_median": statistics.median(self.ours[test]),
+                "llama_bench_median": statistics.median(self.llama_bench[test]),
+                "ratio": self.ratio(test),
+                "paired_ratio": self.paired_ratio(test),
+            }
+            for test in self.ours
+        }
 
 
 def llama_bench_command(binary: Path, model: Path, test: SpeedTest, repetitions: int) -> list[str]:
     """llama-bench running exactly one test with the same settings as ours."""
-    return [str(binary), "-m", str(model), "-t", str(test.threads), "-p", str(test.n_prompt), "-n", str(test.n_gen),
-            "-b", str(test.n_batch), "-ub", str(test.n_ubatch), "-r", str(repetitions), "-o", "json"]
+    return [
+        str(binary),
+        "-m",
+        str(model),
+        "-t",
+        str(test.threads),
+        "-p",
+        str(test.n_prompt),
+        "-n",
+        str(test.n_gen),
+        "-b",
+        str(test.n_batch),
+        "-ub",
+        str(test.n_ubatch),
+        "-r",
+        str(repetitions),
+        "-o",
+        "json",
+    ]
 
 
 def run_llama_bench(command: list[str]) -> float:
@@ -135,8 +169,9 @@ def run_ours(model: Path, test: SpeedTest, repetitions: int) -> float:
         return run_speed_test(loaded, test, repetitions).mean_ts
 
 
-def compare(binary: Path, model: Path, threads: int, n_prompt: int, n_gen: int, repetitions: int,
-            rounds: int) -> Comparison:
+def compare(
+    binary: Path, model: Path, threads: int, n_prompt: int, n_gen: int, repetitions: int, rounds: int
+) -> Comparison:
     """For each round and test, run both tools back to back, alternating which goes first."""
     validate_model_file(model)
     tests = [SpeedTest(n_prompt, 0, threads), SpeedTest(0, n_gen, threads)]
@@ -144,14 +179,16 @@ def compare(binary: Path, model: Path, threads: int, n_prompt: int, n_gen: int, 
     for round_index in range(rounds):
         for test_index, test in enumerate(tests):
             ours_first = (round_index + test_index) % 2 == 0
-            for tool in (("ours", "llama-bench") if ours_first else ("llama-bench", "ours")):
+            for tool in ("ours", "llama-bench") if ours_first else ("llama-bench", "ours"):
                 if tool == "ours":
                     comparison.ours.setdefault(test.name, []).append(run_ours(model, test, repetitions))
                 else:
                     value = run_llama_bench(comparison.commands[test.name])
                     comparison.llama_bench.setdefault(test.name, []).append(value)
-        line = ", ".join(f"{name} ours {comparison.ours[name][-1]:.2f} / llama-bench "
-                         f"{comparison.llama_bench[name][-1]:.2f}" for name in comparison.ours)
+        line = ", ".join(
+            f"{name} ours {comparison.ours[name][-1]:.2f} / llama-bench {comparison.llama_bench[name][-1]:.2f}"
+            for name in comparison.ours
+        )
         print(f"round {round_index + 1}/{rounds}: {line}", file=sys.stderr, flush=True)
     return comparison
 
@@ -178,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             binary = build_llama_bench(args.source)
         if not binary.is_file():
             raise InputError(f"no llama-bench at {binary}; run with --build (or give --llama-bench PATH)")
-        comparison = compare(binary, args.model, args.threads, args.n_prompt, args.n_gen, args.repetitions,
-                             args.rounds)
+        comparison = compare(binary, args.model, args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -190,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llama-bench {test}: " + " ".join(command))
     print(f"{'test':>8} {'ours t/s':>12} {'llama-bench t/s':>16} {'ours/llama-bench':>17} {'paired':>8}")
     for test in comparison.ours:
-        print(f"{test:>8} {statistics.median(comparison.ours[test]):12.2f} "
-              f"{statistics.median(comparison.llama_bench[test]):16.2f} {comparison.ratio(test):17.3f} "
-              f"{comparison.paired_ratio(test):8.3f}")
+        print(
+            f"{test:>8} {statistics.median(comparison.ours[test]):12.2f} "
+            f"{statistics.median(comparison.llama_bench[test]):16.2f} {comparison.ratio(test):17.3f} "
+            f"{comparison.paired_ratio(test):8.3f}"
+        )
     return 0
 
 

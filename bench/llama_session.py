@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
-from mllm_cpu.convert.llama_log import captured_llama_log, last_error
+from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.model_file import ModelFile, validate_model_file
 
 DEFAULT_BATCH = 2048

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 from .llama_session import (
     MIB,
@@ -63,14 +63,29 @@ class MemoryReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryReport:
         """The inverse of `to_dict`."""
-        return cls(int(data["baseline_rss_bytes"]), int(data["peak_rss_bytes"]), int(data["n_ctx"]),
-                   int(data["kv_cells"]), {k: dict(v) for k, v in data.get("logged_mib", {}).items()})
+        return cls(
+            int(data["baseline_rss_bytes"]),
+            int(data["peak_rss_bytes"]),
+            int(data["n_ctx"]),
+            int(data["kv_cells"]),
+            {k: dict(v) for k, v in data.get("logged_mib", {}).items()},
+        )
 
 
 def measure_memory(path: Path, n_ctx: int, threads: int, n_ubatch: int) -> MemoryReport:
     """Run the measurement in a fresh Python process and return its report."""
-    command = [sys.executable, "-m", "mllm_cpu.bench.memory", str(path), "--ctx", str(n_ctx),
-               "--threads", str(threads), "--ubatch", str(n_ubatch)]
+    command = [
+        sys.executable,
+        "-m",
+        "mllm_cpu.bench.memory",
+        str(path),
+        "--ctx",
+        str(n_ctx),
+        "--threads",
+        str(threads),
+        "--ubatch",
+        str(n_ubatch),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

@@ -13,14 +13,34 @@ from rich.table import Table
 
 from mllm_cpu.console import human_bytes
 from mllm_cpu.convert.atomic_file import atomic_output
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 from .llama_session import DEFAULT_BATCH, DEFAULT_UBATCH
 from .results import BenchRun, ModelResult
 
 FORMATS = ("json", "csv", "md")
-_RIGHT = {"size", "bpw", "params", "threads", "n_batch", "n_ubatch", "test", "t/s", "load s", "peak RSS", "TTFT ms",
-          "roofline t/s", "% roofline", "ctx", "weights", "KV cache", "compute", "total", "budget", "max ctx"}
+_RIGHT = {
+    "size",
+    "bpw",
+    "params",
+    "threads",
+    "n_batch",
+    "n_ubatch",
+    "test",
+    "t/s",
+    "load s",
+    "peak RSS",
+    "TTFT ms",
+    "roofline t/s",
+    "% roofline",
+    "ctx",
+    "weights",
+    "KV cache",
+    "compute",
+    "total",
+    "budget",
+    "max ctx",
+}
 
 
 def human_params(count: int) -> str:
@@ -35,49 +55,86 @@ def _shows_batches(run: BenchRun) -> bool:
 def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
     """Column names and text cells of the speed table: llama-bench's columns plus ours."""
     batches = _shows_batches(run)
-    columns = ["model", "size", "bpw", "params", "quant", "threads", *(["n_batch", "n_ubatch"] if batches else []),
-               "test", "t/s", "load s", "peak RSS", "TTFT ms", "roofline t/s", "% roofline"]
+    columns = [
+        "model",
+        "size",
+        "bpw",
+        "params",
+        "quant",
+        "threads",
+        *(["n_batch", "n_ubatch"] if batches else []),
+        "test",
+        "t/s",
+        "load s",
+        "peak RSS",
+        "TTFT ms",
+        "roofline t/s",
+        "% roofline",
+    ]
     rows = []
     for result in run.results:
         model = run.model(result.model)
         percent = result.roofline_percent
-        rows.append([
-            model.name, human_bytes(model.tensor_bytes), f"{model.bits_per_weight:.2f}", human_params(model.n_params),
-            model.file_type,
-            str(result.threads), *([str(result.n_batch), str(result.n_ubatch)] if batches else []), result.test,
-            f"{result.avg_ts:.2f} ± {result.stdev_ts:.2f}", f"{model.load_seconds:.2f}",
-            human_bytes(model.memory.peak_rss_bytes) if model.memory else "-",
-            f"{model.ttft_mean_ms:.1f}" if model.ttft_samples_ns else "-",
-            f"{result.roofline_ts:.2f}" if result.roofline_ts else "-",
-            f"{percent:.1f}%" if percent is not None else "-",
-        ])
+        rows.append(
+            [
+                model.name,
+                human_bytes(model.tensor_bytes),
+                f"{model.bits_per_weight:.2f}",
+                human_params(model.n_params),
+                model.file_type,
+                str(result.threads),
+                *([str(result.n_batch), str(result.n_ubatch)] if batches else []),
+                result.test,
+                f"{result.avg_ts:.2f} ± {result.stdev_ts:.2f}",
+                f"{model.load_seconds:.2f}",
+                human_bytes(model.memory.peak_rss_bytes) if model.memory else "-",
+                f"{model.ttft_mean_ms:.1f}" if model.ttft_samples_ns else "-",
+                f"{result.roofline_ts:.2f}" if result.roofline_ts else "-",
+                f"{percent:.1f}%" if percent is not None else "-",
+            ]
+        )
     return columns, rows
 
 
 def fit_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
     """Column names and text cells of the memory fit table."""
-    columns = ["model", "quant", "board", "ctx", "weights", "KV cache", "compute", "total", "budget", "fits",
-               "max ctx"]
+    columns = ["model", "quant", "board", "ctx", "weights", "KV cache", "compute", "total", "budget", "fits", "max ctx"]
     rows = []
     for model in run.models:
         fit = model.fit
         if fit is None:
             continue
-        rows.append([model.name, model.file_type, fit.board, str(fit.n_ctx), human_bytes(fit.weight_bytes),
-                     human_bytes(fit.kv_bytes), human_bytes(fit.compute_bytes), human_bytes(fit.total_bytes),
-                     human_bytes(fit.budget_bytes), "yes" if fit.fits else "NO", str(fit.max_context)])
+        rows.append(
+            [
+                model.name,
+                model.file_type,
+                fit.board,
+                str(fit.n_ctx),
+                human_bytes(fit.weight_bytes),
+                human_bytes(fit.kv_bytes),
+                human_bytes(fit.compute_bytes),
+                human_bytes(fit.total_bytes),
+                human_bytes(fit.budget_bytes),
+                "yes" if fit.fits else "NO",
+                str(fit.max_context),
+            ]
+        )
     return columns, rows
 
 
 def caption(run: BenchRun) -> str:
     """One line on the machine, bandwidth and the TTFT prompt."""
     machine = run.machine
-    parts = [f"{machine.get('cpu_model', '?')}, {machine.get('physical_cores', '?')} cores, "
-             f"llama-cpp-python {run.versions.get('llama-cpp-python', '?')}"]
+    parts = [
+        f"{machine.get('cpu_model', '?')}, {machine.get('physical_cores', '?')} cores, "
+        f"llama-cpp-python {run.versions.get('llama-cpp-python', '?')}"
+    ]
     if run.bandwidth:
         bandwidth = run.bandwidth
-        parts.append(f"read bandwidth {bandwidth.best / 1e9:.1f} GB/s (best of {len(bandwidth.samples)}, "
-                     f"{bandwidth.workers} processes, {human_bytes(bandwidth.array_bytes)})")
+        parts.append(
+            f"read bandwidth {bandwidth.best / 1e9:.1f} GB/s (best of {len(bandwidth.samples)}, "
+            f"{bandwidth.workers} processes, {human_bytes(bandwidth.array_bytes)})"
+        )
     prompts = sorted({m.ttft_prompt_tokens for m in run.models if m.ttft_samples_ns})
     if prompts:
         parts.append(f"TTFT: chat prompt of {', '.join(map(str, prompts))} tokens")
@@ -119,10 +176,20 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if columns[i] in _RIGHT else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if columns[i] in _RIGHT else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+            )
+            + " |"
+        )
 
-    rule = "| " + " | ".join(("-" * (w - 1) + ":") if c in _RIGHT else "-" * w for c, w in zip(columns, widths)) + " |"
+    rule = (
+        "| "
+        + " | ".join(("-" * (w - 1) + ":") if c in _RIGHT else "-" * w for c, w in zip(columns, widths, strict=False))
+        + " |"
+    )
     return "\n".join([line(columns), rule, *(line(r) for r in rows)])
 
 
@@ -153,13 +220,36 @@ def _optional_bool(text: str) -> bool | None:
 
 
 CSV_FIELDS: dict[str, Callable[[str], Any]] = {
-    "model": str, "path": str, "quant": str, "file_bytes": int, "tensor_bytes": int, "n_params": int,
-    "bits_per_weight": float, "test": str, "n_prompt": int, "n_gen": int, "threads": int, "n_batch": int,
-    "n_ubatch": int, "avg_ts": float, "stdev_ts": float, "samples_ns": _ints, "counted_tokens": _ints,
-    "load_seconds": float, "peak_rss_bytes": _optional_int, "ttft_prompt_tokens": int,
-    "ttft_mean_ms": _optional_float, "bytes_per_token": int, "roofline_ts": _optional_float,
-    "roofline_percent": _optional_float, "bandwidth_best": _optional_float, "board": str, "n_ctx": _optional_int,
-    "fit_total_bytes": _optional_int, "budget_bytes": _optional_int, "fits": _optional_bool,
+    "model": str,
+    "path": str,
+    "quant": str,
+    "file_bytes": int,
+    "tensor_bytes": int,
+    "n_params": int,
+    "bits_per_weight": float,
+    "test": str,
+    "n_prompt": int,
+    "n_gen": int,
+    "threads": int,
+    "n_batch": int,
+    "n_ubatch": int,
+    "avg_ts": float,
+    "stdev_ts": float,
+    "samples_ns": _ints,
+    "counted_tokens": _ints,
+    "load_seconds": float,
+    "peak_rss_bytes": _optional_int,
+    "ttft_prompt_tokens": int,
+    "ttft_mean_ms": _optional_float,
+    "bytes_per_token": int,
+    "roofline_ts": _optional_float,
+    "roofline_percent": _optional_float,
+    "bandwidth_best": _optional_float,
+    "board": str,
+    "n_ctx": _optional_int,
+    "fit_total_bytes": _optional_int,
+    "budget_bytes": _optional_int,
+    "fits": _optional_bool,
     "max_context": _optional_int,
 }
 
@@ -170,23 +260,41 @@ def csv_rows(run: BenchRun) -> list[dict[str, Any]]:
     for result in run.results:
         model: ModelResult = run.model(result.model)
         fit = model.fit
-        records.append({
-            "model": model.name, "path": model.path, "quant": model.file_type, "file_bytes": model.file_bytes,
-            "tensor_bytes": model.tensor_bytes, "n_params": model.n_params, "bits_per_weight": model.bits_per_weight,
-            "test": result.test, "n_prompt": result.n_prompt, "n_gen": result.n_gen, "threads": result.threads,
-            "n_batch": result.n_batch, "n_ubatch": result.n_ubatch, "avg_ts": result.avg_ts,
-            "stdev_ts": result.stdev_ts, "samples_ns": list(result.samples_ns),
-            "counted_tokens": list(result.counted_tokens), "load_seconds": model.load_seconds,
-            "peak_rss_bytes": model.memory.peak_rss_bytes if model.memory else None,
-            "ttft_prompt_tokens": model.ttft_prompt_tokens,
-            "ttft_mean_ms": model.ttft_mean_ms if model.ttft_samples_ns else None,
-            "bytes_per_token": model.bytes_per_token, "roofline_ts": result.roofline_ts,
-            "roofline_percent": result.roofline_percent,
-            "bandwidth_best": run.bandwidth.best if run.bandwidth else None,
-            "board": fit.board if fit else "", "n_ctx": fit.n_ctx if fit else None,
-            "fit_total_bytes": fit.total_bytes if fit else None, "budget_bytes": fit.budget_bytes if fit else None,
-            "fits": fit.fits if fit else None, "max_context": fit.max_context if fit else None,
-        })
+        records.append(
+            {
+                "model": model.name,
+                "path": model.path,
+                "quant": model.file_type,
+                "file_bytes": model.file_bytes,
+                "tensor_bytes": model.tensor_bytes,
+                "n_params": model.n_params,
+                "bits_per_weight": model.bits_per_weight,
+                "test": result.test,
+                "n_prompt": result.n_prompt,
+                "n_gen": result.n_gen,
+                "threads": result.threads,
+                "n_batch": result.n_batch,
+                "n_ubatch": result.n_ubatch,
+                "avg_ts": result.avg_ts,
+                "stdev_ts": result.stdev_ts,
+                "samples_ns": list(result.samples_ns),
+                "counted_tokens": list(result.counted_tokens),
+                "load_seconds": model.load_seconds,
+                "peak_rss_bytes": model.memory.peak_rss_bytes if model.memory else None,
+                "ttft_prompt_tokens": model.ttft_prompt_tokens,
+                "ttft_mean_ms": model.ttft_mean_ms if model.ttft_samples_ns else None,
+                "bytes_per_token": model.bytes_per_token,
+                "roofline_ts": result.roofline_ts,
+                "roofline_percent": result.roofline_percent,
+                "bandwidth_best": run.bandwidth.best if run.bandwidth else None,
+                "board": fit.board if fit else "",
+                "n_ctx": fit.n_ctx if fit else None,
+                "fit_total_bytes": fit.total_bytes if fit else None,
+                "budget_bytes": fit.budget_bytes if fit else None,
+                "fits": fit.fits if fit else None,
+                "max_context": fit.max_context if fit else None,
+            }
+        )
     return records
 
 

@@ -55,8 +55,9 @@ class ModelResult:
         data = asdict(self)
         data["memory"] = self.memory.to_dict() if self.memory else None
         data["fit"] = self.fit.to_dict() if self.fit else None
-        data.update(bits_per_weight=self.bits_per_weight, ttft_mean_ms=self.ttft_mean_ms,
-                    ttft_stdev_ms=self.ttft_stdev_ms)
+        data.update(
+            bits_per_weight=self.bits_per_weight, ttft_mean_ms=self.ttft_mean_ms, ttft_stdev_ms=self.ttft_stdev_ms
+        )
         return data
 
     @classmethod

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.convert.pipeline import ConvertProgress, SilentProgress
 from mllm_cpu.convert.quant_types import QuantLevel
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.hardware import logical_cores
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.store import resolve_model
@@ -80,9 +80,13 @@ class BenchOptions:
 
     def validate(self) -> None:
         """Raise InputError on any impossible value, before anything is measured."""
-        for name, values, least in (("-p/--n-prompt", self.prompts, 0), ("-n/--n-gen", self.gens, 0),
-                                    ("-t/--threads", self.threads or [1], 1), ("-b/--batch-size", self.batches, 1),
-                                    ("-ub/--ubatch-size", self.ubatches, 1)):
+        for name, values, least in (
+            ("-p/--n-prompt", self.prompts, 0),
+            ("-n/--n-gen", self.gens, 0),
+            ("-t/--threads", self.threads or [1], 1),
+            ("-b/--batch-size", self.batches, 1),
+            ("-ub/--ubatch-size", self.ubatches, 1),
+        ):
             if not values:
                 raise InputError(f"{name} is empty")
             bad = [v for v in values if v < least]
@@ -101,15 +105,20 @@ class BenchOptions:
         return list(self.threads) if self.threads else [min(board.threads, logical_cores())]
 
 
-def resolve_models(specs: list[str], synthetic_sizes: list[str], levels: list[QuantLevel],
-                   progress: BenchProgress) -> list[Path]:
+def resolve_models(
+    specs: list[str], synthetic_sizes: list[str], levels: list[QuantLevel], progress: BenchProgress
+) -> list[Path]:
     """GGUF paths from files/store names, then the synthetic ones (converted once into the store)."""
     paths = [resolve_model(spec) for spec in specs]
     for path in paths:
         validate_model_file(path)
     if synthetic_sizes:
-        paths += synthetic_model_files(synthetic_sizes, levels, progress,
-                                       lambda size: progress.note(f"random-weight {size} checkpoint (written once)"))
+        paths += synthetic_model_files(
+            synthetic_sizes,
+            levels,
+            progress,
+            lambda size: progress.note(f"random-weight {size} checkpoint (written once)"),
+        )
     if not paths:
         raise InputError("give GGUF files (or store names) to measure, or --synthetic SIZES")
     return list(dict.fromkeys(paths))
@@ -124,8 +133,10 @@ def run_benchmark(paths: list[Path], options: BenchOptions, progress: BenchProgr
     files = [validate_model_file(path) for path in paths]
     for model_file in files:
         if options.n_ctx > model_file.n_ctx_train:
-            raise InputError(f"--ctx {options.n_ctx} exceeds the training context of {model_file.path.name} "
-                             f"({model_file.n_ctx_train})")
+            raise InputError(
+                f"--ctx {options.n_ctx} exceeds the training context of {model_file.path.name} "
+                f"({model_file.n_ctx_train})"
+            )
     tests = list(speed_tests(options.prompts, options.gens, threads, options.batches, options.ubatches))
     runs_per_test = options.repetitions + (1 if options.warmup else 0)
     progress.begin((1 if options.bandwidth else 0) + len(paths) * (2 + len(tests) * runs_per_test + runs_per_test))
@@ -139,16 +150,31 @@ def run_benchmark(paths: list[Path], options: BenchOptions, progress: BenchProgr
         machine=machine_info().to_dict(),
         versions=package_versions(),
         bandwidth=bandwidth,
-        parameters={**asdict(options), "threads": threads, "board": asdict(board), "type_k": "f16",
-                    "type_v": "f16", "flash_attn": "auto", "memory_threads": threads[0]},
+        parameters={
+            **asdict(options),
+            "threads": threads,
+            "board": asdict(board),
+            "type_k": "f16",
+            "type_v": "f16",
+            "flash_attn": "auto",
+            "memory_threads": threads[0],
+        },
     )
     for model_file in files:
         _bench_model(run, model_file, tests, options, board, threads[0], bandwidth, progress)
     return run
 
 
-def _bench_model(run: BenchRun, model_file: ModelFile, tests: list[SpeedTest], options: BenchOptions, board: Board,
-                 threads: int, bandwidth: Bandwidth | None, progress: BenchProgress) -> None:
+def _bench_model(
+    run: BenchRun,
+    model_file: ModelFile,
+    tests: list[SpeedTest],
+    options: BenchOptions,
+    board: Board,
+    threads: int,
+    bandwidth: Bandwidth | None,
+    progress: BenchProgress,
+) -> None:
     path = model_file.path
     name = path.stem
     progress.stage(f"{name}: peak memory in a fresh process")
@@ -162,28 +188,61 @@ def _bench_model(run: BenchRun, model_file: ModelFile, tests: list[SpeedTest], o
         roofline = roofline_tokens_per_second(bandwidth.best, token_bytes) if bandwidth else None
         for test in tests:
             progress.stage(f"{name}: {test.name}, {test.threads} threads")
-            samples = run_speed_test(model, test, options.repetitions, options.warmup, options.seed,
-                                     on_run=progress.advance)
-            run.results.append(SpeedResult(
-                model=str(path), test=test.name, n_prompt=test.n_prompt, n_gen=test.n_gen, threads=test.threads,
-                n_batch=test.n_batch, n_ubatch=test.n_ubatch, samples_ns=samples.samples_ns,
-                counted_tokens=samples.counted_tokens, avg_ts=samples.mean_ts, stdev_ts=samples.stdev_ts,
-                roofline_ts=roofline if test.kind == "tg" else None,
-            ))
+            samples = run_speed_test(
+                model, test, options.repetitions, options.warmup, options.seed, on_run=progress.advance
+            )
+            run.results.append(
+                SpeedResult(
+                    model=str(path),
+                    test=test.name,
+                    n_prompt=test.n_prompt,
+                    n_gen=test.n_gen,
+                    threads=test.threads,
+                    n_batch=test.n_batch,
+                    n_ubatch=test.n_ubatch,
+                    samples_ns=samples.samples_ns,
+                    counted_tokens=samples.counted_tokens,
+                    avg_ts=samples.mean_ts,
+                    stdev_ts=samples.stdev_ts,
+                    roofline_ts=roofline if test.kind == "tg" else None,
+                )
+            )
         progress.stage(f"{name}: time to first token")
-        first_token = time_to_first_token(model, threads, options.n_ctx, options.repetitions, options.warmup,
-                                          on_run=progress.advance)
+        first_token = time_to_first_token(
+            model, threads, options.n_ctx, options.repetitions, options.warmup, on_run=progress.advance
+        )
         compute = memory.logged_bytes("compute") + memory.logged_bytes("output")
         spec = model.file
-        run.models.append(ModelResult(
-            name=_display_name(path, summary.file_type), path=str(path), file_type=summary.file_type,
-            type_mix=summary.type_mix, file_bytes=summary.file_bytes, tensor_bytes=model.tensor_bytes,
-            n_params=model.n_params, bytes_per_token=token_bytes, n_layer=spec.n_layer, n_head_kv=spec.n_head_kv,
-            head_dim=spec.head_dim, n_ctx_train=spec.n_ctx_train, load_seconds=model.load_seconds,
-            ttft_prompt_tokens=first_token.prompt_tokens, ttft_samples_ns=first_token.samples_ns, memory=memory,
-            fit=fit_check(board, spec.n_layer, spec.n_head_kv, spec.head_dim, spec.n_ctx_train, model.tensor_bytes,
-                          compute, options.n_ctx),
-        ))
+        run.models.append(
+            ModelResult(
+                name=_display_name(path, summary.file_type),
+                path=str(path),
+                file_type=summary.file_type,
+                type_mix=summary.type_mix,
+                file_bytes=summary.file_bytes,
+                tensor_bytes=model.tensor_bytes,
+                n_params=model.n_params,
+                bytes_per_token=token_bytes,
+                n_layer=spec.n_layer,
+                n_head_kv=spec.n_head_kv,
+                head_dim=spec.head_dim,
+                n_ctx_train=spec.n_ctx_train,
+                load_seconds=model.load_seconds,
+                ttft_prompt_tokens=first_token.prompt_tokens,
+                ttft_samples_ns=first_token.samples_ns,
+                memory=memory,
+                fit=fit_check(
+                    board,
+                    spec.n_layer,
+                    spec.n_head_kv,
+                    spec.head_dim,
+                    spec.n_ctx_train,
+                    model.tensor_bytes,
+                    compute,
+                    options.n_ctx,
+                ),
+            )
+        )
 
 
 def _display_name(path: Path, file_type: str) -> str:

@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 from .llama_session import (
     DEFAULT_BATCH,
@@ -47,8 +47,11 @@ from .llama_session import (
 
 CHAT_MESSAGES = (
     {"role": "system", "content": "Please reason step by step, and put your final answer within \\boxed{}."},
-    {"role": "user", "content": "A train covers 120 km in 1.5 hours, then 80 km in 1 hour. "
-                                "What is its average speed over the whole trip, in km/h?"},
+    {
+        "role": "user",
+        "content": "A train covers 120 km in 1.5 hours, then 80 km in 1 hour. "
+        "What is its average speed over the whole trip, in km/h?",
+    },
 )
 
 
@@ -70,7 +73,7 @@ class SpeedTest:
 
     @property
     def kind(self) -> str:
-        """"pp" or "tg"."""
+        """ "pp" or "tg"."""
         return "pp" if self.n_prompt else "tg"
 
     @property
@@ -109,8 +112,14 @@ class SpeedSamples:
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def run_speed_test(model: LoadedModel, test: SpeedTest, repetitions: int, warmup: bool = True,
-                   seed: int = 0, on_run: Callable[[], None] | None = None) -> SpeedSamples:
+def run_speed_test(
+    model: LoadedModel,
+    test: SpeedTest,
+    repetitions: int,
+    warmup: bool = True,
+    seed: int = 0,
+    on_run: Callable[[], None] | None = None,
+) -> SpeedSamples:
     """Run one pp or tg test on a fresh context: warm-up, then `repetitions` timed runs.
 
     `on_run` is called after the warm-up and after each repetition (for progress bars).
@@ -177,8 +186,9 @@ def _time_prompt(context: OpenContext, model: LoadedModel, test: SpeedTest, rng:
         return elapsed + time.perf_counter_ns() - begin
 
 
-def _time_generation(context: OpenContext, model: LoadedModel, test: SpeedTest, rng: random.Random,
-                     n_tokens: int | None = None) -> int:
+def _time_generation(
+    context: OpenContext, model: LoadedModel, test: SpeedTest, rng: random.Random, n_tokens: int | None = None
+) -> int:
     """Decode tokens one at a time after whatever the cache holds; nanoseconds in llama.cpp."""
     import llama_cpp
 
@@ -237,7 +247,7 @@ def _piece(model: LoadedModel, token: Any) -> str:
         return ""
     buffer = ctypes.create_string_buffer(256)
     length = llama_cpp.llama_token_to_piece(model.vocab, int(token), buffer, len(buffer), 0, True)
-    return buffer.raw[:max(length, 0)].decode("utf-8", errors="replace")
+    return buffer.raw[: max(length, 0)].decode("utf-8", errors="replace")
 
 
 def tokenize(model: LoadedModel, text: str) -> list[int]:
@@ -256,8 +266,14 @@ def tokenize(model: LoadedModel, text: str) -> list[int]:
     return tokens
 
 
-def time_to_first_token(model: LoadedModel, threads: int, n_ctx: int, repetitions: int,
-                        warmup: bool = True, on_run: Callable[[], None] | None = None) -> FirstTokenSamples:
+def time_to_first_token(
+    model: LoadedModel,
+    threads: int,
+    n_ctx: int,
+    repetitions: int,
+    warmup: bool = True,
+    on_run: Callable[[], None] | None = None,
+) -> FirstTokenSamples:
     """Tokenize the chat prompt, decode it as one batch from an empty cache and pick a token.
 
     Timed end to end as a user waits for it (tokenizer and greedy pick included), on a
@@ -287,8 +303,9 @@ def time_to_first_token(model: LoadedModel, threads: int, n_ctx: int, repetition
     return FirstTokenSamples(n_prompt, samples)
 
 
-def speed_tests(prompts: Sequence[int], gens: Sequence[int], threads: Sequence[int], batches: Sequence[int],
-                ubatches: Sequence[int]) -> Iterator[SpeedTest]:
+def speed_tests(
+    prompts: Sequence[int], gens: Sequence[int], threads: Sequence[int], batches: Sequence[int], ubatches: Sequence[int]
+) -> Iterator[SpeedTest]:
     """Every combination per thread count, pp tests before tg as in llama-bench.
 
     tg decodes one token at a time, so it runs once per thread count, with the first batch sizes.

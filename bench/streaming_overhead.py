@@ -1,6 +1,6 @@
 """How much streaming to a terminal costs generation speed (chat and solve stream).
 
-    python -m mllm_cpu.bench.streaming_overhead MODEL [-t THREADS] [--runs 5] [--tokens 256]
+python -m mllm_cpu.bench.streaming_overhead MODEL [-t THREADS] [--runs 5] [--tokens 256]
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ class StreamingOverhead:
         return 1 - self.streamed_tokens_per_second / self.plain_tokens_per_second
 
 
-def measure_streaming_overhead(engine: Engine, prompt: str, options: SamplingOptions, console: Console,
-                               runs: int = 5, interval_s: float = DEFAULT_INTERVAL_S) -> StreamingOverhead:
+def measure_streaming_overhead(
+    engine: Engine,
+    prompt: str,
+    options: SamplingOptions,
+    console: Console,
+    runs: int = 5,
+    interval_s: float = DEFAULT_INTERVAL_S,
+) -> StreamingOverhead:
     """Generate `runs` times with and without a TerminalStream (alternating, after one warm-up run).
 
     Every run evaluates the prompt afresh with the same seed, so both sides produce the same tokens.
@@ -65,9 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     options = replace(SamplingOptions(), seed=4, max_tokens=args.tokens)
     console = Console()
     result = measure_streaming_overhead(engine, prompt, options, console, runs=args.runs)
-    console.print(f"\nplain {result.plain_tokens_per_second:.1f} tok/s, streamed "
-                  f"{result.streamed_tokens_per_second:.1f} tok/s: overhead {100 * result.overhead:+.1f}% "
-                  f"(median of {result.runs}, {engine.threads} threads)")
+    console.print(
+        f"\nplain {result.plain_tokens_per_second:.1f} tok/s, streamed "
+        f"{result.streamed_tokens_per_second:.1f} tok/s: overhead {100 * result.overhead:+.1f}% "
+        f"(median of {result.runs}, {engine.threads} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.pipeline import ConvertProgress, convert_checkpoint, load_checkpoint, output_path
 from mllm_cpu.convert.quant_types import QuantLevel
 from mllm_cpu.convert.synthetic import synthetic_spec, write_synthetic_checkpoint
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.store import checkpoints_dir, models_dir
 
 
 def parse_sizes(text: str) -> list[str]:
-    """"140m,360m,950m" -> ["140m", "360m", "950m"]; unknown sizes are an InputError."""
+    """ "140m,360m,950m" -> ["140m", "360m", "950m"]; unknown sizes are an InputError."""
     sizes = [part.strip().lower() for part in text.split(",") if part.strip()]
     if not sizes:
         raise InputError("--synthetic is empty; give sizes such as 140m,360m,950m")
@@ -26,8 +26,12 @@ def parse_sizes(text: str) -> list[str]:
     return list(dict.fromkeys(sizes))
 
 
-def synthetic_model_files(sizes: list[str], levels: list[QuantLevel], progress: ConvertProgress | None = None,
-                          on_checkpoint: Callable[[str], None] | None = None) -> list[Path]:
+def synthetic_model_files(
+    sizes: list[str],
+    levels: list[QuantLevel],
+    progress: ConvertProgress | None = None,
+    on_checkpoint: Callable[[str], None] | None = None,
+) -> list[Path]:
     """The store's GGUF for every size and level, writing and converting only what is missing.
 
     Checkpoints go to the store's checkpoints folder, GGUF files to its models folder;
@@ -40,7 +44,7 @@ def synthetic_model_files(sizes: list[str], levels: list[QuantLevel], progress: 
         folder = write_synthetic_checkpoint(size, checkpoints_dir())
         checkpoint = load_checkpoint(folder)
         targets = [output_path(checkpoint, level, models_dir()) for level in levels]
-        missing = [level for level, target in zip(levels, targets) if not target.is_file()]
+        missing = [level for level, target in zip(levels, targets, strict=False) if not target.is_file()]
         if missing:
             convert_checkpoint(folder, missing, models_dir(), progress=progress)
         files.extend(targets)

@@ -9,13 +9,13 @@ from typing import BinaryIO
 import gguf
 import numpy as np
 
+from mllm_cpu.core import gguf_keys
+
 from .model_spec import SOURCE_ARCHITECTURE_LABEL, ModelSpec
 from .safetensors_reader import to_f32
 from .tensor_plan import GGUF_ARCHITECTURE, PlannedTensor
 from .tokenizer_spec import TokenizerSpec
 
-SOURCE_ARCHITECTURE_KEY = "mllm_cpu.source_architecture"
-SOURCE_LABEL_KEY = "mllm_cpu.source_label"
 CHUNK_ELEMENTS = 1 << 24
 
 _T = gguf.GGMLQuantizationType
@@ -87,13 +87,16 @@ def write_gguf(
 
 
 def _add_metadata(
-    writer: gguf.GGUFWriter, spec: ModelSpec, tokenizer: TokenizerSpec, general: gguf.Metadata,
+    writer: gguf.GGUFWriter,
+    spec: ModelSpec,
+    tokenizer: TokenizerSpec,
+    general: gguf.Metadata,
     file_type: gguf.LlamaFileType,
 ) -> None:
     writer.add_type(gguf.GGUFType.MODEL)
     general.set_gguf_meta_model(writer)
-    writer.add_string(SOURCE_ARCHITECTURE_KEY, spec.architecture)
-    writer.add_string(SOURCE_LABEL_KEY, SOURCE_ARCHITECTURE_LABEL)
+    writer.add_string(gguf_keys.SOURCE_ARCHITECTURE, spec.architecture)
+    writer.add_string(gguf_keys.SOURCE_LABEL, SOURCE_ARCHITECTURE_LABEL)
 
     writer.add_context_length(spec.n_ctx)
     writer.add_embedding_length(spec.n_embd)

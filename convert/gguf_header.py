@@ -16,15 +16,20 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {
-    gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b",
-    gguf.GGUFValueType.UINT16: "<H", gguf.GGUFValueType.INT16: "<h",
-    gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
-    gguf.GGUFValueType.FLOAT32: "<f", gguf.GGUFValueType.BOOL: "<?",
-    gguf.GGUFValueType.UINT64: "<Q", gguf.GGUFValueType.INT64: "<q",
+    gguf.GGUFValueType.UINT8: "<B",
+    gguf.GGUFValueType.INT8: "<b",
+    gguf.GGUFValueType.UINT16: "<H",
+    gguf.GGUFValueType.INT16: "<h",
+    gguf.GGUFValueType.UINT32: "<I",
+    gguf.GGUFValueType.INT32: "<i",
+    gguf.GGUFValueType.FLOAT32: "<f",
+    gguf.GGUFValueType.BOOL: "<?",
+    gguf.GGUFValueType.UINT64: "<Q",
+    gguf.GGUFValueType.INT64: "<q",
     gguf.GGUFValueType.FLOAT64: "<d",
 }
 _NUMPY = {t: np.dtype(fmt) for t, fmt in _SCALARS.items()}
@@ -71,7 +76,9 @@ class _Cursor:
     def take(self, size: int) -> int:
         start = self.pos
         if size < 0 or start + size > len(self.buffer):
-            raise InputError(f"{self.path}: truncated GGUF header (needs byte {start + size}, file has {len(self.buffer)})")
+            raise InputError(
+                f"{self.path}: truncated GGUF header (needs byte {start + size}, file has {len(self.buffer)})"
+            )
         self.pos += size
         return start
 
@@ -81,7 +88,7 @@ class _Cursor:
     def string(self) -> str:
         length = self.scalar("<Q")
         start = self.take(length)
-        return bytes(self.buffer[start:start + length]).decode("utf-8", errors="replace")
+        return bytes(self.buffer[start : start + length]).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         self.take(self.scalar("<Q"))
@@ -133,8 +140,9 @@ def _value_type(raw: int, path: Path, key: str) -> gguf.GGUFValueType:
         raise InputError(f"{path}: corrupt GGUF metadata (key {key!r} has unknown type {raw})") from None
 
 
-def _read_value(cursor: _Cursor, value_type: gguf.GGUFValueType, key: str, keep_vocabulary: bool,
-                lengths: dict[str, int]) -> Any:
+def _read_value(
+    cursor: _Cursor, value_type: gguf.GGUFValueType, key: str, keep_vocabulary: bool, lengths: dict[str, int]
+) -> Any:
     if value_type == gguf.GGUFValueType.STRING:
         return cursor.string()
     if value_type != gguf.GGUFValueType.ARRAY:

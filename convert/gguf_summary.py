@@ -34,8 +34,9 @@ class GGUFSummary:
         """E.g. "q4_K 61%, q8_0 38%, f32 1%" by share of parameters."""
         total = sum(self.type_mix.values()) or 1
         parts = sorted(self.type_mix.items(), key=lambda item: -item[1])
-        return ", ".join(f"{name} {100 * count / total:.0f}%" if count * 100 >= total else f"{name} <1%"
-                         for name, count in parts)
+        return ", ".join(
+            f"{name} {100 * count / total:.0f}%" if count * 100 >= total else f"{name} <1%" for name, count in parts
+        )
 
 
 def read_summary(path: Path) -> GGUFSummary:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import gguf
 
-from .errors import InputError
-from .llama_log import captured_llama_log, last_error
+from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.llama_log import captured_llama_log, last_error
+
 from .quant_types import QuantLevel
 
 

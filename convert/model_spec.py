@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
 
 SUPPORTED_ARCHITECTURES = ("Llama4ForCausalLM",)
 SOURCE_ARCHITECTURE_LABEL = "MobileLLM-R1 (Llama4 dense)"

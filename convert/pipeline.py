@@ -8,8 +8,9 @@ from typing import Protocol
 
 import gguf
 
+from mllm_cpu.core.errors import InputError
+
 from .atomic_file import atomic_output, partial_path
-from .errors import InputError
 from .gguf_file import write_gguf
 from .gguf_summary import GGUFSummary, read_summary
 from .llama_quantizer import quantize_with_llama_cpp
@@ -88,8 +89,7 @@ def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
 def output_path(checkpoint: LoadedCheckpoint, level: QuantLevel, outdir: Path) -> Path:
     """The file name by llama.cpp's GGUF naming convention, e.g. MobileLLM-R1-950M-Q4_K_M.gguf."""
     meta = checkpoint.metadata
-    stem = gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label,
-                                  level.label)
+    stem = gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, level.label)
     return outdir / f"{stem}.gguf"
 
 
@@ -148,8 +148,16 @@ def convert_checkpoint(
 def _write_direct(checkpoint: LoadedCheckpoint, level: QuantLevel, target: Path, progress: ConvertProgress) -> None:
     progress.file_started(target.name, len(checkpoint.tensors))
     with atomic_output(target) as temporary:
-        write_gguf(temporary, checkpoint.spec, checkpoint.tokenizer, checkpoint.metadata, checkpoint.tensors,
-                   level.file_type, level.matrix_type, progress.tensor_written)
+        write_gguf(
+            temporary,
+            checkpoint.spec,
+            checkpoint.tokenizer,
+            checkpoint.metadata,
+            checkpoint.tensors,
+            level.file_type,
+            level.matrix_type,
+            progress.tensor_written,
+        )
     progress.file_finished(target.name)
 
 
@@ -161,8 +169,16 @@ def _write_intermediate(
     label = f"{level.label} (quantizer input)"
     progress.file_started(label, len(checkpoint.tensors))
     try:
-        write_gguf(target, checkpoint.spec, checkpoint.tokenizer, checkpoint.metadata, checkpoint.tensors,
-                   level.file_type, level.matrix_type, progress.tensor_written)
+        write_gguf(
+            target,
+            checkpoint.spec,
+            checkpoint.tokenizer,
+            checkpoint.metadata,
+            checkpoint.tensors,
+            level.file_type,
+            level.matrix_type,
+            progress.tensor_written,
+        )
     except BaseException:
         target.unlink(missing_ok=True)
         raise

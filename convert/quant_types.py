@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gguf
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,23 @@ DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
 
 EMBEDDING_TYPES: dict[str, gguf.GGMLQuantizationType] = {
     t.name.lower(): t
-    for t in (_T.F32, _T.F16, _T.BF16, _T.Q8_0, _T.Q6_K, _T.Q5_K, _T.Q5_0, _T.Q5_1,
-              _T.Q4_K, _T.Q4_0, _T.Q4_1, _T.IQ4_NL, _T.IQ4_XS, _T.Q3_K, _T.Q2_K)
+    for t in (
+        _T.F32,
+        _T.F16,
+        _T.BF16,
+        _T.Q8_0,
+        _T.Q6_K,
+        _T.Q5_K,
+        _T.Q5_0,
+        _T.Q5_1,
+        _T.Q4_K,
+        _T.Q4_0,
+        _T.Q4_1,
+        _T.IQ4_NL,
+        _T.IQ4_XS,
+        _T.Q3_K,
+        _T.Q2_K,
+    )
 }
 
 

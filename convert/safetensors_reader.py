@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
 
 # safetensors dtype -> numpy dtype used to view the raw bytes. BF16 is viewed as uint16.
 _STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -110,9 +110,7 @@ def _weight_files(folder: Path) -> list[Path]:
     others = sorted(folder.glob("*.safetensors"))
     if others:
         return others
-    raise InputError(
-        f"{folder}: no weights found (expected model.safetensors or model.safetensors.index.json)"
-    )
+    raise InputError(f"{folder}: no weights found (expected model.safetensors or model.safetensors.index.json)")
 
 
 def _read_header(file: Path) -> list[StoredTensor]:
@@ -145,8 +143,6 @@ def _read_header(file: Path) -> list[StoredTensor]:
         if end - begin != expected:
             raise InputError(f"{file}: tensor {name} has {end - begin} bytes, its shape needs {expected}")
         if data_start + end > size:
-            raise InputError(
-                f"{file}: truncated: tensor {name} ends at byte {data_start + end}, the file has {size}"
-            )
+            raise InputError(f"{file}: truncated: tensor {name} ends at byte {data_start + end}, the file has {size}")
         tensors.append(StoredTensor(name, dtype, shape, file, data_start + begin, data_start + end))
     return tensors

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
+
 from .model_spec import ModelSpec
 from .tokenizer_spec import LLAMA3_SPLIT_PATTERN
 
@@ -36,7 +37,8 @@ SYNTHETIC_FOLDER_NAMES = {
 
 LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 _CHUNK_ELEMENTS = 1 << 24
@@ -66,7 +68,8 @@ def write_synthetic_checkpoint(size: str, parent: Path, seed: int = 0, force: bo
         config = spec.to_config(bos_token_id=BOS_ID, eos_token_id=[EOS_ID, EOM_ID, EOT_ID], pad_token_id=None)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         (staging / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}, indent=2))
+            json.dumps({"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}, indent=2)
+        )
         write_llama3_shaped_tokenizer(staging)
         _write_random_weights(spec, staging / "model.safetensors", seed)
         shutil.rmtree(folder, ignore_errors=True)
@@ -82,17 +85,19 @@ def hf_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.n_vocab, spec.n_embd)}
     for i in range(spec.n_layer):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (spec.n_embd,),
-            p + "self_attn.q_proj.weight": (q_rows, spec.n_embd),
-            p + "self_attn.k_proj.weight": (kv_rows, spec.n_embd),
-            p + "self_attn.v_proj.weight": (kv_rows, spec.n_embd),
-            p + "self_attn.o_proj.weight": (spec.n_embd, q_rows),
-            p + "post_attention_layernorm.weight": (spec.n_embd,),
-            p + "feed_forward.gate_proj.weight": (spec.n_ff, spec.n_embd),
-            p + "feed_forward.up_proj.weight": (spec.n_ff, spec.n_embd),
-            p + "feed_forward.down_proj.weight": (spec.n_embd, spec.n_ff),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (spec.n_embd,),
+                p + "self_attn.q_proj.weight": (q_rows, spec.n_embd),
+                p + "self_attn.k_proj.weight": (kv_rows, spec.n_embd),
+                p + "self_attn.v_proj.weight": (kv_rows, spec.n_embd),
+                p + "self_attn.o_proj.weight": (spec.n_embd, q_rows),
+                p + "post_attention_layernorm.weight": (spec.n_embd,),
+                p + "feed_forward.gate_proj.weight": (spec.n_ff, spec.n_embd),
+                p + "feed_forward.up_proj.weight": (spec.n_ff, spec.n_embd),
+                p + "feed_forward.down_proj.weight": (spec.n_embd, spec.n_ff),
+            }
+        )
     shapes["model.norm.weight"] = (spec.n_embd,)
     if not spec.tied_embeddings:
         shapes["lm_head.weight"] = (spec.n_vocab, spec.n_embd)
@@ -114,7 +119,7 @@ def _write_random_weights(spec: ModelSpec, path: Path, seed: int) -> None:
     with path.open("wb") as handle:
         handle.write(struct.pack("<Q", len(header_bytes)))
         handle.write(header_bytes)
-        for name, shape in shapes.items():
+        for shape in shapes.values():
             count = int(np.prod(shape))
             if len(shape) == 1:
                 handle.write(_f32_to_bf16_bits(np.ones(count, dtype=np.float32)).tobytes())
@@ -133,7 +138,9 @@ def _f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
 
 def byte_alphabet() -> list[str]:
     """GPT-2's printable stand-in character for each byte value, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -146,9 +153,16 @@ def byte_alphabet() -> list[str]:
 
 def llama3_special_tokens() -> list[str]:
     """The 256 special tokens of Llama 3 (ids 128000..128255) in order."""
-    named = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 4: "<|finetune_right_pad_id|>",
-             6: "<|start_header_id|>", 7: "<|end_header_id|>", 8: "<|eom_id|>", 9: "<|eot_id|>",
-             10: "<|python_tag|>"}
+    named = {
+        0: "<|begin_of_text|>",
+        1: "<|end_of_text|>",
+        4: "<|finetune_right_pad_id|>",
+        6: "<|start_header_id|>",
+        7: "<|end_header_id|>",
+        8: "<|eom_id|>",
+        9: "<|eot_id|>",
+        10: "<|python_tag|>",
+    }
     tokens, reserved = [], 0
     for offset in range(LLAMA3_VOCAB - LLAMA3_REGULAR_TOKENS):
         if offset in named:
@@ -182,34 +196,71 @@ def write_llama3_shaped_tokenizer(folder: Path) -> None:
         if len(vocab) == LLAMA3_REGULAR_TOKENS:
             break
     specials = llama3_special_tokens()
-    added = [{"id": LLAMA3_REGULAR_TOKENS + i, "content": text, "single_word": False, "lstrip": False,
-              "rstrip": False, "normalized": False, "special": True} for i, text in enumerate(specials)]
+    added = [
+        {
+            "id": LLAMA3_REGULAR_TOKENS + i,
+            "content": text,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, text in enumerate(specials)
+    ]
     tokenizer = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-        ]},
-        "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                                      {"Sequence": {"id": "A", "type_id": 0}}],
-                           "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                                    {"Sequence": {"id": "A", "type_id": 0}},
-                                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
-                                    {"Sequence": {"id": "B", "type_id": 1}}],
-                           "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [BOS_ID],
-                                                                     "tokens": ["<|begin_of_text|>"]}}},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {
+                "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [BOS_ID], "tokens": ["<|begin_of_text|>"]}
+            },
+        },
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": True, "vocab": vocab, "merges": merges},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": True,
+            "vocab": vocab,
+            "merges": merges,
+        },
     }
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "add_bos_token": True,
-        "chat_template": LLAMA3_CHAT_TEMPLATE, "model_max_length": 32768,
-    }, indent=2))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "add_bos_token": True,
+                "chat_template": LLAMA3_CHAT_TEMPLATE,
+                "model_max_length": 32768,
+            },
+            indent=2,
+        )
+    )

@@ -7,12 +7,13 @@ permuted inside each head from (0, 1, ..., d-1) to (0, 2, 4, ..., 1, 3, 5, ...).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
+
 from .model_spec import ModelSpec
 from .safetensors_reader import CheckpointTensors
 
@@ -77,8 +78,10 @@ def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTen
         plan.append(_from_checkpoint(tensors, name, source, shape, permute_heads, spec.head_dim))
         if name.endswith("attn_k.weight"):
             layer = name.split(".")[1]
-            plan += [_ones(f"blk.{layer}.attn_q_norm.weight", spec.head_dim),
-                     _ones(f"blk.{layer}.attn_k_norm.weight", spec.head_dim)]
+            plan += [
+                _ones(f"blk.{layer}.attn_q_norm.weight", spec.head_dim),
+                _ones(f"blk.{layer}.attn_k_norm.weight", spec.head_dim),
+            ]
     return plan
 
 
@@ -94,8 +97,9 @@ def _from_checkpoint(
         )
 
     if not permute_heads:
-        return PlannedTensor(name, shape, source, lambda start, stop: tensors.read_rows(source, start, stop),
-                             tensors.dtype(source))
+        return PlannedTensor(
+            name, shape, source, lambda start, stop: tensors.read_rows(source, start, stop), tensors.dtype(source)
+        )
     order = interleaved_to_half_split(head_dim)
 
     def read_permuted(start: int, stop: int) -> np.ndarray:

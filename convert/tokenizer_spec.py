@@ -9,7 +9,7 @@ from typing import Any
 
 import gguf
 
-from .errors import InputError
+from mllm_cpu.core.errors import InputError
 
 LLAMA3_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -61,7 +61,9 @@ def read_tokenizer(folder: Path, n_vocab: int) -> TokenizerSpec:
     generation = _load_json(folder / "generation_config.json")
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise InputError(f"{folder / 'tokenizer.json'}: not a byte-level BPE tokenizer (model type {model.get('type')})")
+        raise InputError(
+            f"{folder / 'tokenizer.json'}: not a byte-level BPE tokenizer (model type {model.get('type')})"
+        )
     _check_pre_tokenizer(folder, data)
 
     vocab: dict[str, int] = dict(model["vocab"])
@@ -72,7 +74,8 @@ def read_tokenizer(folder: Path, n_vocab: int) -> TokenizerSpec:
         (special if added.get("special") else user_defined).add(added["id"])
     if max(vocab.values()) >= n_vocab:
         raise InputError(
-            f"{folder / 'tokenizer.json'}: token id {max(vocab.values())} does not fit the model's vocabulary of {n_vocab}"
+            f"{folder / 'tokenizer.json'}: token id {max(vocab.values())} "
+            f"does not fit the model's vocabulary of {n_vocab}"
         )
 
     tokens = [f"[PAD{i}]" for i in range(n_vocab)]
@@ -80,8 +83,10 @@ def read_tokenizer(folder: Path, n_vocab: int) -> TokenizerSpec:
     for text, token_id in vocab.items():
         tokens[token_id] = text
         types[token_id] = (
-            gguf.TokenType.CONTROL if token_id in special
-            else gguf.TokenType.USER_DEFINED if token_id in user_defined
+            gguf.TokenType.CONTROL
+            if token_id in special
+            else gguf.TokenType.USER_DEFINED
+            if token_id in user_defined
             else gguf.TokenType.NORMAL
         )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -152,9 +157,7 @@ def _adds_bos(config: dict[str, Any], data: dict[str, Any], bos_id: int | None, 
     if "add_bos_token" in config:
         return bool(config["add_bos_token"])
     processor = json.dumps(data.get("post_processor") or {})
-    return bos_id is not None and any(
-        text in processor for text, token_id in vocab.items() if token_id == bos_id
-    )
+    return bos_id is not None and any(text in processor for text, token_id in vocab.items() if token_id == bos_id)
 
 
 def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.problems import Problem
 from mllm_cpu.sandbox import humaneval_test_code

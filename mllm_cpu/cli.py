@@ -7,14 +7,14 @@ import sys
 import typer
 from rich.text import Text
 
-from mllm_cpu.commands.chat import chat
 from mllm_cpu.commands.bench import bench
+from mllm_cpu.commands.chat import chat
 from mllm_cpu.commands.convert import convert
 from mllm_cpu.commands.doctor import doctor
 from mllm_cpu.commands.models import info, models
 from mllm_cpu.commands.solve import solve
 from mllm_cpu.console import err
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 app = typer.Typer(add_completion=False, help="Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp.")
 app.command()(convert)

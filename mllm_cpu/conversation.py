@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions
 from mllm_cpu.tasks import TASK_NAMES, get_preset
 
@@ -90,8 +90,10 @@ class Conversation:
             dropped += 1
             tokens = self.prompt_tokens()
         if len(tokens) >= self.engine.n_ctx:
-            raise InputError(f"the message needs {len(tokens)} tokens with the system prompt; "
-                             f"the context holds {self.engine.n_ctx} (use a larger --ctx)")
+            raise InputError(
+                f"the message needs {len(tokens)} tokens with the system prompt; "
+                f"the context holds {self.engine.n_ctx} (use a larger --ctx)"
+            )
         return tokens, dropped
 
     def reset(self) -> None:
@@ -131,11 +133,11 @@ def _parse_conversation(data: Any, path: Path) -> tuple[str | None, list[Message
     else:
         system, messages = None, data
     if not isinstance(messages, list) or (system is not None and not isinstance(system, str)):
-        raise InputError(f"{path}: expected {{\"system\": ..., \"messages\": [...]}} or a list of messages")
+        raise InputError(f'{path}: expected {{"system": ..., "messages": [...]}} or a list of messages')
     turns: list[Message] = []
     for number, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise InputError(f"{path}: message {number} needs a string \"content\"")
+            raise InputError(f'{path}: message {number} needs a string "content"')
         role = message.get("role")
         if role == "system":
             system = message["content"]
@@ -175,8 +177,9 @@ def run_command(conversation: Conversation, line: str) -> CommandResult:
         return CommandResult(generation_stats(conversation.last, conversation.engine.n_ctx))
     if command == "/system":
         if not argument:
-            return CommandResult(f"system prompt: {conversation.system_prompt!r}" if conversation.system_prompt
-                                 else "no system prompt")
+            return CommandResult(
+                f"system prompt: {conversation.system_prompt!r}" if conversation.system_prompt else "no system prompt"
+            )
         conversation.system_prompt = None if argument.lower() == "none" else argument
         return CommandResult("system prompt removed" if conversation.system_prompt is None else "system prompt set")
     if command == "/task":

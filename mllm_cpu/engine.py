@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mllm_cpu.convert.errors import InputError
-from mllm_cpu.convert.llama_log import captured_llama_log, last_error
+from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import ModelFile, validate_model_file
 
@@ -97,8 +97,12 @@ class Engine:
         with captured_llama_log() as log:
             try:
                 self.llama = llama_cpp.Llama(
-                    str(path), n_ctx=self.n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
-                    use_mmap=True, verbose=False,
+                    str(path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.threads,
+                    n_threads_batch=self.threads,
+                    use_mmap=True,
+                    verbose=False,
                 )
             except ValueError:
                 raise InputError(f"llama.cpp could not load {path}: {last_error(log)}") from None
@@ -106,9 +110,11 @@ class Engine:
         self._vocab = self.llama._model.vocab
         self._is_eog = llama_cpp.llama_vocab_is_eog
         header = self.model.header
-        self.stop_ids = {int(header.get(key)) for key in (
-            "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
-            if header.get(key) is not None}
+        self.stop_ids = {
+            int(header.get(key))
+            for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+            if header.get(key) is not None
+        }
         self.chat_template: str | None = header.get("tokenizer.chat_template")
         self._bos_text = self._token_text(header.get("tokenizer.ggml.bos_token_id"))
         self._eos_text = self._token_text(header.get("tokenizer.ggml.eos_token_id"))
@@ -180,8 +186,13 @@ class Engine:
         if not reuse_prefix:
             self.llama.reset()
         stream = self.llama.generate(
-            tokens, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p, temp=options.temperature,
-            repeat_penalty=options.repeat_penalty, reset=True,
+            tokens,
+            top_k=options.top_k,
+            top_p=options.top_p,
+            min_p=options.min_p,
+            temp=options.temperature,
+            repeat_penalty=options.repeat_penalty,
+            reset=True,
             logits_processor=self._bias_processor(options.logit_bias),
         )
         try:
@@ -238,7 +249,11 @@ class Engine:
 
         return LogitsProcessorList([add_bias])
 
-    def chat(self, messages: list[Message], options: SamplingOptions | None = None,
-             on_text: Callable[[str], None] | None = None) -> Generation:
+    def chat(
+        self,
+        messages: list[Message],
+        options: SamplingOptions | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
         """Generate the assistant's reply to a conversation."""
         return self.generate(self.render_chat(messages), options, on_text)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mllm_cpu.convert.errors import InputError
-from mllm_cpu.convert.gguf_file import SOURCE_LABEL_KEY
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
+from mllm_cpu.core import gguf_keys
+from mllm_cpu.core.errors import InputError
 
 SUPPORTED_ARCHITECTURES = ("qwen3",)
 _FIX = "convert the Hugging Face checkpoint with `mllm-cpu convert MODEL_DIR`"
@@ -30,7 +30,7 @@ class ModelFile:
     @property
     def description(self) -> str:
         """E.g. "MobileLLM-R1 (Llama4 dense), run as qwen3"."""
-        source = self.header.get(SOURCE_LABEL_KEY)
+        source = self.header.get(gguf_keys.SOURCE_LABEL)
         return f"{source}, run as {self.header.architecture}" if source else self.header.architecture
 
     @property
@@ -75,27 +75,38 @@ def validate_header(header: GGUFHeader) -> ModelFile:
     return ModelFile(path, header, n_layer, n_embd, n_head, n_head_kv, head_dim, n_vocab, n_ctx_train)
 
 
-def _check_tensors(path: Path, header: GGUFHeader, n_layer: int, n_embd: int, n_head: int, n_head_kv: int,
-                   head_dim: int, n_ff: int, n_vocab: int) -> None:
+def _check_tensors(
+    path: Path,
+    header: GGUFHeader,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_ff: int,
+    n_vocab: int,
+) -> None:
     """Every tensor the qwen3 graph reads must exist with the shape (ggml order) it expects."""
     shapes = {t.name: t.shape for t in header.tensors}
     expected = {"token_embd.weight": (n_embd, n_vocab), "output_norm.weight": (n_embd,)}
     if "output.weight" in shapes:
         expected["output.weight"] = (n_embd, n_vocab)
     for i in range(n_layer):
-        expected.update({
-            f"blk.{i}.attn_norm.weight": (n_embd,),
-            f"blk.{i}.attn_q.weight": (n_embd, n_head * head_dim),
-            f"blk.{i}.attn_k.weight": (n_embd, n_head_kv * head_dim),
-            f"blk.{i}.attn_v.weight": (n_embd, n_head_kv * head_dim),
-            f"blk.{i}.attn_output.weight": (n_head * head_dim, n_embd),
-            f"blk.{i}.attn_q_norm.weight": (head_dim,),
-            f"blk.{i}.attn_k_norm.weight": (head_dim,),
-            f"blk.{i}.ffn_norm.weight": (n_embd,),
-            f"blk.{i}.ffn_gate.weight": (n_embd, n_ff),
-            f"blk.{i}.ffn_up.weight": (n_embd, n_ff),
-            f"blk.{i}.ffn_down.weight": (n_ff, n_embd),
-        })
+        expected.update(
+            {
+                f"blk.{i}.attn_norm.weight": (n_embd,),
+                f"blk.{i}.attn_q.weight": (n_embd, n_head * head_dim),
+                f"blk.{i}.attn_k.weight": (n_embd, n_head_kv * head_dim),
+                f"blk.{i}.attn_v.weight": (n_embd, n_head_kv * head_dim),
+                f"blk.{i}.attn_output.weight": (n_head * head_dim, n_embd),
+                f"blk.{i}.attn_q_norm.weight": (head_dim,),
+                f"blk.{i}.attn_k_norm.weight": (head_dim,),
+                f"blk.{i}.ffn_norm.weight": (n_embd,),
+                f"blk.{i}.ffn_gate.weight": (n_embd, n_ff),
+                f"blk.{i}.ffn_up.weight": (n_embd, n_ff),
+                f"blk.{i}.ffn_down.weight": (n_ff, n_embd),
+            }
+        )
     for name, shape in expected.items():
         if name not in shapes:
             raise InputError(f"{path}: tensor {name} is missing")

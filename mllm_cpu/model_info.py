@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.errors import InputError
-from mllm_cpu.convert.gguf_file import SOURCE_ARCHITECTURE_KEY, SOURCE_LABEL_KEY
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.gguf_summary import GGUFSummary, read_summary, summarize_header
+from mllm_cpu.core import gguf_keys
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.model_file import validate_header
 from mllm_cpu.store import stored_models
 
@@ -36,7 +36,7 @@ def _listing_row(summary: GGUFSummary) -> dict[str, Any]:
         "bytes": summary.file_bytes,
         "parameters": summary.parameters,
         "context_length": metadata.get(f"{arch}.context_length"),
-        "source_architecture": metadata.get(SOURCE_ARCHITECTURE_KEY) or arch,
+        "source_architecture": metadata.get(gguf_keys.SOURCE_ARCHITECTURE) or arch,
         "error": None,
     }
 
@@ -63,8 +63,8 @@ def describe_model(path: Path) -> dict[str, Any]:
         "name": header.get("general.name") or summary.path.stem,
         "architecture": arch,
         "description": description,
-        "source_architecture": header.get(SOURCE_ARCHITECTURE_KEY),
-        "source_label": header.get(SOURCE_LABEL_KEY),
+        "source_architecture": header.get(gguf_keys.SOURCE_ARCHITECTURE),
+        "source_label": header.get(gguf_keys.SOURCE_LABEL),
         "parameters": summary.parameters,
         "file_type": summary.file_type,
         "type_mix": summary.type_mix,
@@ -78,8 +78,11 @@ def describe_model(path: Path) -> dict[str, Any]:
         "tokenizer": header.get("tokenizer.ggml.model"),
         "special_tokens": special,
         "chat_template": bool(header.get("tokenizer.chat_template")),
-        "sampling_defaults": {key.rsplit(".", 1)[-1]: value for key, value in header.metadata.items()
-                              if key.startswith("general.sampling.")},
+        "sampling_defaults": {
+            key.rsplit(".", 1)[-1]: value
+            for key, value in header.metadata.items()
+            if key.startswith("general.sampling.")
+        },
         "file_bytes": summary.file_bytes,
         "bits_per_weight": round(summary.bits_per_weight, 3),
         "runnable": problem is None,

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mllm_cpu.core.errors import InputError
+
 from .answers import extract_boxed, gsm8k_reference
-from .convert.errors import InputError
 from .tasks import TASK_NAMES
 
 ProblemKind = Literal["gsm8k", "math", "humaneval", "plain"]

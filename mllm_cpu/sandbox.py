@@ -210,10 +210,8 @@ def _summary(returncode: int, timed_out: bool, timeout_s: float, stderr: str) ->
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mllm_cpu.answers import answers_match, extract_answer
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, Message, SamplingOptions
 from mllm_cpu.sandbox import SandboxResult, run_python
 from mllm_cpu.tasks import AnswerKind, TaskPreset, detect_task, get_preset
@@ -72,8 +72,9 @@ def solve(
     if not problem.strip():
         raise InputError("the problem is empty")
     preset = choose_task(task, problem)
-    generation = engine.generate(engine.render_chat(problem_messages(problem, preset)), options, on_text,
-                                 reuse_prefix=reuse_prefix)
+    generation = engine.generate(
+        engine.render_chat(problem_messages(problem, preset)), options, on_text, reuse_prefix=reuse_prefix
+    )
     answer = extract_answer(generation.text, preset)
     return Solution(
         problem=problem,
@@ -103,6 +104,12 @@ def run_solution(solution: Solution, tests: str | None = None, timeout_s: float 
     if solution.language != "python":
         raise InputError(f"only Python answers can be run; the task is {solution.task}")
     if solution.answer is None:
-        return SandboxResult(ok=False, returncode=-1, stdout="", stderr="", timed_out=False,
-                             error="the output has no complete ```python code block")
+        return SandboxResult(
+            ok=False,
+            returncode=-1,
+            stdout="",
+            stderr="",
+            timed_out=False,
+            error="the output has no complete ```python code block",
+        )
     return run_python(solution.answer, tests=tests, timeout_s=timeout_s)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import platformdirs
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 DEFAULT_QUANT = "q4_k_m"
 _QUANT_PREFERENCE = ("Q4_K_M", "Q4_0", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32")

@@ -8,7 +8,6 @@ import time
 from rich.console import Console
 from rich.text import Text
 
-
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 DEFAULT_INTERVAL_S = 0.05
 

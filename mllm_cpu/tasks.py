@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 AnswerKind = Literal["boxed", "code"]
 
@@ -61,9 +61,7 @@ PRESETS: dict[str, TaskPreset] = {
 
 TASK_NAMES: tuple[str, ...] = tuple(PRESETS)
 
-_CPP_PATTERN = re.compile(
-    r"c\+\+|\bcpp\b|#include|std::|\bint\s+main\s*\(|\bcout\b|\bvector<", re.IGNORECASE
-)
+_CPP_PATTERN = re.compile(r"c\+\+|\bcpp\b|#include|std::|\bint\s+main\s*\(|\bcout\b|\bvector<", re.IGNORECASE)
 _CODE_STRONG = re.compile(
     r"\bpython\b"
     r"|\bdef\s+\w+\s*\("
@@ -83,9 +81,7 @@ _CODE_WEAK = re.compile(
     re.IGNORECASE,
 )
 _MATH_NOTATION = re.compile(r"\$|\\\(|\\\[|\\frac|\b[a-zA-Z]\s*\(\s*\w+\s*\)\s*=")
-_SCIENCE_DISCIPLINE = re.compile(
-    r"\b(?:physics|chemistry|biology|biochemistry|physiology|genetics)\b", re.IGNORECASE
-)
+_SCIENCE_DISCIPLINE = re.compile(r"\b(?:physics|chemistry|biology|biochemistry|physiology|genetics)\b", re.IGNORECASE)
 _SCIENCE_STRONG = re.compile(
     r"\b(?:velocity|acceleration|momentum|kinetic\s+energy|potential\s+energy|newtons?|"
     r"joules?|watts?|volts?|voltage|ohms?|resistors?|capacitors?|magnetic|electric\s+field|"

@@ -53,9 +53,7 @@ def _llama31_special_tokens() -> list[str]:
 
 
 SPECIAL_TOKENS: list[str] = _llama31_special_tokens()
-SPECIAL_TOKEN_IDS: dict[str, int] = {
-    token: BPE_VOCAB_SIZE + index for index, token in enumerate(SPECIAL_TOKENS)
-}
+SPECIAL_TOKEN_IDS: dict[str, int] = {token: BPE_VOCAB_SIZE + index for index, token in enumerate(SPECIAL_TOKENS)}
 BOS_ID = SPECIAL_TOKEN_IDS["<|begin_of_text|>"]
 END_OF_TEXT_ID = SPECIAL_TOKEN_IDS["<|end_of_text|>"]
 START_HEADER_ID = SPECIAL_TOKEN_IDS["<|start_header_id|>"]
@@ -95,15 +93,24 @@ class TinyShape:
     tie_word_embeddings: bool = True
 
 
-TINY = TinyShape(hidden_size=192, intermediate_size=256, num_hidden_layers=3,
-                 num_attention_heads=3, num_key_value_heads=1)
-TINY_GQA2 = TinyShape(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
-TINY_UNTIED = TinyShape(hidden_size=128, intermediate_size=320, num_hidden_layers=5,
-                        num_attention_heads=2, num_key_value_heads=1,
-                        max_position_embeddings=2048, tie_word_embeddings=False)
-TINY_MHA = TinyShape(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=2)
+TINY = TinyShape(
+    hidden_size=192, intermediate_size=256, num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=1
+)
+TINY_GQA2 = TinyShape(
+    hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+TINY_UNTIED = TinyShape(
+    hidden_size=128,
+    intermediate_size=320,
+    num_hidden_layers=5,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
+TINY_MHA = TinyShape(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+)
 PRESETS: dict[str, TinyShape] = {
     "tiny": TINY,
     "tiny_gqa2": TINY_GQA2,
@@ -111,6 +118,7 @@ PRESETS: dict[str, TinyShape] = {
     "tiny_mha": TINY_MHA,
 }
 
+# ruff: noqa: E501  (training text keeps its natural lines)
 _TRAINING_TEXT = r"""
 The quick brown fox jumps over the lazy dog. She said it's fine, they're here, we've won, I'm done, you'll see, he'd know.
 Reasoning models solve problems step by step. First, read the question carefully. Then write down what is known.
@@ -191,10 +199,12 @@ def _training_lines() -> list[str]:
 def _new_llama3_style_tokenizer() -> Tokenizer:
     """An untrained byte-level BPE tokenizer with Llama 3's pre-tokenizer and decoder."""
     tokenizer = Tokenizer(models.BPE(ignore_merges=True, fuse_unk=False, byte_fallback=False))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
@@ -212,9 +222,7 @@ def _tokenizer_json() -> str:
     )
     tokenizer.train_from_iterator(_training_lines(), trainer=trainer)
     if tokenizer.get_vocab_size() != BPE_VOCAB_SIZE:
-        raise RuntimeError(
-            f"training produced {tokenizer.get_vocab_size()} tokens, expected {BPE_VOCAB_SIZE}"
-        )
+        raise RuntimeError(f"training produced {tokenizer.get_vocab_size()} tokens, expected {BPE_VOCAB_SIZE}")
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A",
@@ -245,24 +253,40 @@ def build_tokenizer(folder: Path) -> None:
         }
         for token, token_id in SPECIAL_TOKEN_IDS.items()
     }
-    _write_json(folder / "tokenizer_config.json", {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "added_tokens_decoder": added_tokens_decoder,
-        "bos_token": "<|begin_of_text|>",
-        "chat_template": LLAMA3_CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": True,
-        "eos_token": "<|eot_id|>",
-        "model_input_names": ["input_ids", "attention_mask"],
-        "model_max_length": 131072,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    })
-    _write_json(folder / "special_tokens_map.json", {
-        "bos_token": {"content": "<|begin_of_text|>", "lstrip": False, "normalized": False,
-                      "rstrip": False, "single_word": False},
-        "eos_token": {"content": "<|eot_id|>", "lstrip": False, "normalized": False,
-                      "rstrip": False, "single_word": False},
-    })
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "added_tokens_decoder": added_tokens_decoder,
+            "bos_token": "<|begin_of_text|>",
+            "chat_template": LLAMA3_CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": True,
+            "eos_token": "<|eot_id|>",
+            "model_input_names": ["input_ids", "attention_mask"],
+            "model_max_length": 131072,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+    )
+    _write_json(
+        folder / "special_tokens_map.json",
+        {
+            "bos_token": {
+                "content": "<|begin_of_text|>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
+            "eos_token": {
+                "content": "<|eot_id|>",
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+            },
+        },
+    )
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
@@ -273,40 +297,40 @@ def load_tokenizer(folder: Path) -> Tokenizer:
 def text_config(shape: TinyShape = TINY, **overrides: object) -> Llama4TextConfig:
     """A dense MobileLLM-R1-style `Llama4TextConfig` for shape; overrides replace any kwarg."""
     layers = shape.num_hidden_layers
-    kwargs: dict[str, object] = dict(
-        architectures=["Llama4ForCausalLM"],
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        intermediate_size_mlp=shape.intermediate_size,
-        num_hidden_layers=layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        head_dim=shape.head_dim,
-        hidden_act="silu",
-        max_position_embeddings=shape.max_position_embeddings,
-        initializer_range=0.02,
-        rms_norm_eps=RMS_NORM_EPS,
-        bos_token_id=BOS_ID,
-        eos_token_id=list(EOS_IDS),
-        pad_token_id=None,
-        tie_word_embeddings=shape.tie_word_embeddings,
-        attention_bias=False,
-        attention_dropout=0.0,
-        num_local_experts=0,
-        num_experts_per_tok=0,
-        interleave_moe_layer_step=0,
-        moe_layers=[],
-        use_qk_norm=True,
-        no_rope_layers=[1] * layers,
-        layer_types=["full_attention"] * layers,
-        attention_chunk_size=shape.max_position_embeddings,
-        attn_temperature_tuning=False,
-        attn_scale=0.1,
-        floor_scale=8192,
-        rope_theta=ROPE_THETA,
-        rope_scaling=None,
-    )
+    kwargs: dict[str, object] = {
+        "architectures": ["Llama4ForCausalLM"],
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "intermediate_size_mlp": shape.intermediate_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "head_dim": shape.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": shape.max_position_embeddings,
+        "initializer_range": 0.02,
+        "rms_norm_eps": RMS_NORM_EPS,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": list(EOS_IDS),
+        "pad_token_id": None,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "num_local_experts": 0,
+        "num_experts_per_tok": 0,
+        "interleave_moe_layer_step": 0,
+        "moe_layers": [],
+        "use_qk_norm": True,
+        "no_rope_layers": [1] * layers,
+        "layer_types": ["full_attention"] * layers,
+        "attention_chunk_size": shape.max_position_embeddings,
+        "attn_temperature_tuning": False,
+        "attn_scale": 0.1,
+        "floor_scale": 8192,
+        "rope_theta": ROPE_THETA,
+        "rope_scaling": None,
+    }
     kwargs.update(overrides)
     return Llama4TextConfig(**kwargs)
 
@@ -327,8 +351,15 @@ def _init_weights(model: Llama4ForCausalLM, shape: TinyShape, seed: int) -> None
     dropped norms show; the embedding scale gives logits a spread of a few units.
     """
     generator = torch.Generator().manual_seed(seed)
-    gains = {"q_proj": 2.5, "k_proj": 2.5, "v_proj": 1.0, "o_proj": 4.0,
-             "gate_proj": 1.0, "up_proj": 1.0, "down_proj": 4.0}
+    gains = {
+        "q_proj": 2.5,
+        "k_proj": 2.5,
+        "v_proj": 1.0,
+        "o_proj": 4.0,
+        "gate_proj": 1.0,
+        "up_proj": 1.0,
+        "down_proj": 4.0,
+    }
     output_std = 3.0 / math.sqrt(shape.hidden_size)
     with torch.no_grad():
         for name, parameter in sorted(model.named_parameters()):
@@ -344,6 +375,7 @@ def _init_weights(model: Llama4ForCausalLM, shape: TinyShape, seed: int) -> None
 
 def _max_shard_size_for(state_dict: dict[str, torch.Tensor], shards: int) -> int:
     """The smallest max_shard_size (bytes) that splits state_dict into exactly `shards` files."""
+
     def count(limit: int) -> int:
         return len(split_torch_state_dict_into_shards(state_dict, max_shard_size=limit).filename_to_tensors)
 
@@ -439,7 +471,7 @@ def reference_greedy(folder: Path, token_ids: list[int], n_new: int) -> list[int
         for _ in range(n_new):
             logits = model(torch.tensor([sequence], dtype=torch.long)).logits
             sequence.append(int(logits[0, -1].argmax()))
-    return sequence[len(token_ids):]
+    return sequence[len(token_ids) :]
 
 
 TOKENIZER_CORPUS: list[str] = [
@@ -452,7 +484,7 @@ TOKENIZER_CORPUS: list[str] = [
     "\\begin{align} f(x) &= 3x^2 - 2x + 1 \\\\ f'(x) &= 6x - 2 \\end{align}",
     "def add(a: int, b: int) -> int:\n    return a + b\n\n\nprint(add(2, 3))\n",
     "```python\n# Your code here\nclass Node:\n    def __init__(self):\n        self.next = None\n```",
-    "#include <cstdio>\nint main() {\n\tfor (int i = 0; i < 10; ++i) {\n\t\tprintf(\"%d\\n\", i);\n\t}\n\treturn 0;\n}\n",
+    '#include <cstdio>\nint main() {\n\tfor (int i = 0; i < 10; ++i) {\n\t\tprintf("%d\\n", i);\n\t}\n\treturn 0;\n}\n',
     "Crème brûlée, naïve café, Ångström, Straße, Dvořák, São Paulo.",
     "東京は日本の首都です。你好，世界！안녕하세요.",
     "Emoji: 😀🚀🎉 👍🏽 ❤️ 👨‍👩‍👧‍👦 🇫🇷",

@@ -23,5 +23,10 @@ def forcing_options(engine: Engine, text: str, base: SamplingOptions | None = No
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"{text!r} repeats a token; it cannot be forced this way")
     bias = {token: _TOP_BIAS - _STEP * index for index, token in enumerate([*tokens, EOT_ID])}
-    return replace(base or SamplingOptions(), temperature=0.0, repeat_penalty=_TOP_BIAS, logit_bias=bias,
-                   max_tokens=len(tokens) + 8)
+    return replace(
+        base or SamplingOptions(),
+        temperature=0.0,
+        repeat_penalty=_TOP_BIAS,
+        logit_bias=bias,
+        max_tokens=len(tokens) + 8,
+    )

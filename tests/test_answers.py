@@ -101,10 +101,7 @@ def test_extract_code_ignores_other_languages() -> None:
 
 
 def test_extract_code_unclosed_fence_falls_back_to_previous_block() -> None:
-    output = (
-        "```python\ndef f():\n    return 1\n```\n"
-        "Let me improve it:\n```python\ndef f():\n    return sum(range("
-    )
+    output = "```python\ndef f():\n    return 1\n```\nLet me improve it:\n```python\ndef f():\n    return sum(range("
     assert extract_code(output, "python") == "def f():\n    return 1"
     assert extract_code("```python\nprint(1", "python") is None
 
@@ -179,9 +176,7 @@ def test_answers_match_accepts_a_boxed_prediction() -> None:
 
 def test_answers_match_outside_the_main_thread() -> None:
     results: list[bool] = []
-    worker = threading.Thread(
-        target=lambda: results.extend([answers_match("1/2", "0.5"), answers_match("2", "3")])
-    )
+    worker = threading.Thread(target=lambda: results.extend([answers_match("1/2", "0.5"), answers_match("2", "3")]))
     worker.start()
     worker.join()
     assert results == [True, False]

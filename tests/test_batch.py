@@ -14,7 +14,7 @@ import pytest
 from cli_runner import MLLM_CPU, run_cli
 from forcing import forcing_options
 from mllm_cpu.batch import TIMING_FIELDS, BatchProgress, read_results, run_batch, summarize
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.problems import load_problems
 
@@ -39,8 +39,9 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def _many_problems(path: Path, count: int) -> Path:
-    return _write_jsonl(path, [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"}
-                               for i in range(count)])
+    return _write_jsonl(
+        path, [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(count)]
+    )
 
 
 def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -134,16 +135,27 @@ def test_bad_results_file_and_duplicate_ids(engine: Engine, tmp_path: Path) -> N
     out.write_text('{"id": "q0"}\nnot json\n{"id": "q1"}\n', encoding="utf-8")
     with pytest.raises(InputError, match=r"out\.jsonl:2: not a results record"):
         run_batch(engine, problems, out)
-    duplicated = load_problems(_write_jsonl(tmp_path / "dup.jsonl", [{"id": 1, "question": "a"},
-                                                                     {"id": 1, "question": "b"}]))
+    duplicated = load_problems(
+        _write_jsonl(tmp_path / "dup.jsonl", [{"id": 1, "question": "a"}, {"id": 1, "question": "b"}])
+    )
     with pytest.raises(InputError, match="appears twice"):
         run_batch(engine, duplicated, tmp_path / "dup-out.jsonl")
 
 
 def test_cli_batch_killed_by_ctrl_c_resumes_to_the_same_file(synthetic_tiny_gguf: Path, tmp_path: Path) -> None:
     problems_path = _many_problems(tmp_path / "problems.jsonl", 8)
-    flags = ["--model", str(synthetic_tiny_gguf), "--threads", "1", "--seed", "3", "--max-tokens", "64",
-             "--temperature", "0.9"]
+    flags = [
+        "--model",
+        str(synthetic_tiny_gguf),
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "--max-tokens",
+        "64",
+        "--temperature",
+        "0.9",
+    ]
     interrupted = tmp_path / "interrupted.jsonl"
     command = [MLLM_CPU, "solve", "--file", str(problems_path), "--out", str(interrupted), *flags]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -169,8 +181,20 @@ def test_cli_batch_killed_by_ctrl_c_resumes_to_the_same_file(synthetic_tiny_gguf
 
 def test_cli_batch_json_summary(synthetic_tiny_gguf: Path, tmp_path: Path) -> None:
     problems_path = _write_jsonl(tmp_path / "mixed.jsonl", RECORDS)
-    result = run_cli("solve", "--file", str(problems_path), "--model", str(synthetic_tiny_gguf), "--threads", "1",
-                     "--seed", "1", "--max-tokens", "8", "--json")
+    result = run_cli(
+        "solve",
+        "--file",
+        str(problems_path),
+        "--model",
+        str(synthetic_tiny_gguf),
+        "--threads",
+        "1",
+        "--seed",
+        "1",
+        "--max-tokens",
+        "8",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["results"] == str(tmp_path / "mixed-results.jsonl")

@@ -17,25 +17,29 @@ def corrupt_gguf(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["/nowhere/model.gguf"], "no such model file"),
-    (["{corrupt}"], "broken.gguf"),
-    (["{tiny}", "--board", "rpi3"], "unknown board rpi3"),
-    (["--synthetic", "140m", "--quant", "q9_9"], "unknown quant type q9_9"),
-    (["--synthetic", "2b"], "unknown synthetic model 2b"),
-    (["{tiny}", "-t", "0"], "-t/--threads must be at least 1, got 0"),
-    (["{tiny}", "-t", "two"], "-t/--threads takes comma-separated integers"),
-    (["{tiny}", "-r", "0"], "-r/--repetitions must be at least 1"),
-    (["{tiny}", "-p", "0", "-n", "0"], "nothing to measure"),
-    (["{tiny}", "--ctx", "100000"], "exceeds the training context"),
-    (["{tiny}", "--quant", "q4_0"], "--quant applies to --synthetic models only"),
-    (["{tiny}", "--json", "--csv"], "choose one of --json, --csv and --md"),
-    (["{tiny}", "--out", "{tmp}/result.txt"], "say the format"),
-    (["{tiny}", "--out", "{tmp}/missing/result.json"], "does not exist"),
-    ([], "give GGUF files"),
-])
-def test_bad_options_and_files_are_one_clear_line(arguments: list[str], message: str, corrupt_gguf: Path,
-                                                   synthetic_tiny_gguf: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["/nowhere/model.gguf"], "no such model file"),
+        (["{corrupt}"], "broken.gguf"),
+        (["{tiny}", "--board", "rpi3"], "unknown board rpi3"),
+        (["--synthetic", "140m", "--quant", "q9_9"], "unknown quant type q9_9"),
+        (["--synthetic", "2b"], "unknown synthetic model 2b"),
+        (["{tiny}", "-t", "0"], "-t/--threads must be at least 1, got 0"),
+        (["{tiny}", "-t", "two"], "-t/--threads takes comma-separated integers"),
+        (["{tiny}", "-r", "0"], "-r/--repetitions must be at least 1"),
+        (["{tiny}", "-p", "0", "-n", "0"], "nothing to measure"),
+        (["{tiny}", "--ctx", "100000"], "exceeds the training context"),
+        (["{tiny}", "--quant", "q4_0"], "--quant applies to --synthetic models only"),
+        (["{tiny}", "--json", "--csv"], "choose one of --json, --csv and --md"),
+        (["{tiny}", "--out", "{tmp}/result.txt"], "say the format"),
+        (["{tiny}", "--out", "{tmp}/missing/result.json"], "does not exist"),
+        ([], "give GGUF files"),
+    ],
+)
+def test_bad_options_and_files_are_one_clear_line(
+    arguments: list[str], message: str, corrupt_gguf: Path, synthetic_tiny_gguf: Path, tmp_path: Path
+) -> None:
     filled = [a.format(corrupt=corrupt_gguf, tiny=synthetic_tiny_gguf, tmp=tmp_path) for a in arguments]
     result = run_cli("bench", *filled, "--no-bandwidth")
     lines = error_lines(result)

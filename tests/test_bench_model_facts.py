@@ -11,11 +11,11 @@ from mllm_cpu.bench.boards import BOARDS, Board, fit_check, kv_cache_bytes, padd
 from mllm_cpu.bench.llama_session import MIB, ContextSettings, loaded_model, open_context
 from mllm_cpu.bench.memory import measure_memory
 from mllm_cpu.bench.roofline import bytes_per_token
-from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import hf_tensor_shapes, synthetic_spec, write_synthetic_checkpoint
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import validate_model_file
 
@@ -38,15 +38,21 @@ def expected_gguf_shapes(n_layer: int, n_head: int, n_head_kv: int, dim: int, ff
     """The qwen3 tensors in ggml order (fastest dimension first), tied output."""
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (dim, VOCAB), "output_norm.weight": (dim,)}
     for i in range(n_layer):
-        shapes.update({
-            f"blk.{i}.attn_norm.weight": (dim,), f"blk.{i}.ffn_norm.weight": (dim,),
-            f"blk.{i}.attn_q.weight": (dim, n_head * HEAD_DIM), f"blk.{i}.attn_k.weight": (dim, n_head_kv * HEAD_DIM),
-            f"blk.{i}.attn_v.weight": (dim, n_head_kv * HEAD_DIM),
-            f"blk.{i}.attn_output.weight": (n_head * HEAD_DIM, dim),
-            f"blk.{i}.attn_q_norm.weight": (HEAD_DIM,), f"blk.{i}.attn_k_norm.weight": (HEAD_DIM,),
-            f"blk.{i}.ffn_gate.weight": (dim, ffn), f"blk.{i}.ffn_up.weight": (dim, ffn),
-            f"blk.{i}.ffn_down.weight": (ffn, dim),
-        })
+        shapes.update(
+            {
+                f"blk.{i}.attn_norm.weight": (dim,),
+                f"blk.{i}.ffn_norm.weight": (dim,),
+                f"blk.{i}.attn_q.weight": (dim, n_head * HEAD_DIM),
+                f"blk.{i}.attn_k.weight": (dim, n_head_kv * HEAD_DIM),
+                f"blk.{i}.attn_v.weight": (dim, n_head_kv * HEAD_DIM),
+                f"blk.{i}.attn_output.weight": (n_head * HEAD_DIM, dim),
+                f"blk.{i}.attn_q_norm.weight": (HEAD_DIM,),
+                f"blk.{i}.attn_k_norm.weight": (HEAD_DIM,),
+                f"blk.{i}.ffn_gate.weight": (dim, ffn),
+                f"blk.{i}.ffn_up.weight": (dim, ffn),
+                f"blk.{i}.ffn_down.weight": (ffn, dim),
+            }
+        )
     return shapes
 
 
@@ -66,7 +72,14 @@ def test_synthetic_specs_match_the_table(size: str) -> None:
     n_layer, n_head, n_head_kv, dim, ffn, parameters = TABLE[size]
     spec = synthetic_spec(size)
     assert (spec.n_layer, spec.n_head, spec.n_head_kv, spec.n_embd, spec.n_ff, spec.head_dim, spec.n_vocab) == (
-        n_layer, n_head, n_head_kv, dim, ffn, HEAD_DIM, VOCAB)
+        n_layer,
+        n_head,
+        n_head_kv,
+        dim,
+        ffn,
+        HEAD_DIM,
+        VOCAB,
+    )
     hf_parameters = sum(int(np.prod(shape)) for shape in hf_tensor_shapes(spec).values())
     q_k_norm_weights = 2 * HEAD_DIM * n_layer
     assert hf_parameters + q_k_norm_weights == spec.parameter_count == parameters
@@ -95,8 +108,16 @@ def test_memory_subprocess_reports_llama_cpps_buffers(synthetic_tiny_gguf: Path)
 
 def test_fit_check_and_largest_context() -> None:
     board = Board("test", "a test board", 4, 1 << 30, 200 * MIB)
-    fit = fit_check(board, n_layer=15, n_head_kv=3, head_dim=64, n_ctx_train=32768, weight_bytes=100 * MIB,
-                    compute_bytes=50 * MIB, n_ctx=4096)
+    fit = fit_check(
+        board,
+        n_layer=15,
+        n_head_kv=3,
+        head_dim=64,
+        n_ctx_train=32768,
+        weight_bytes=100 * MIB,
+        compute_bytes=50 * MIB,
+        n_ctx=4096,
+    )
     per_cell = 2 * 15 * 3 * 64 * 2
     assert fit.kv_bytes == 4096 * per_cell
     assert fit.total_bytes == 150 * MIB + 4096 * per_cell and fit.fits

@@ -21,9 +21,9 @@ from mllm_cpu.bench.report import (
 )
 from mllm_cpu.bench.results import BenchRun
 from mllm_cpu.bench.runner import BenchOptions, run_benchmark
-from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.pipeline import SilentProgress
+from mllm_cpu.core.errors import InputError
 
 
 class RecordedProgress(SilentProgress):
@@ -104,7 +104,14 @@ def test_csv_round_trip(run: BenchRun) -> None:
 def test_tables_have_llama_benchs_columns(run: BenchRun) -> None:
     columns, rows = speed_rows(run)
     assert [c for c in columns if c in ("model", "size", "params", "quant", "threads", "test", "t/s")] == [
-        "model", "size", "params", "quant", "threads", "test", "t/s"]
+        "model",
+        "size",
+        "params",
+        "quant",
+        "threads",
+        "test",
+        "t/s",
+    ]
     assert {"bpw", "load s", "peak RSS", "TTFT ms", "roofline t/s", "% roofline"} <= set(columns)
     assert [row[columns.index("test")] for row in rows] == ["pp16", "tg4"]
     text = markdown(run)

@@ -18,7 +18,7 @@ from mllm_cpu.bench.speed import (
     time_to_first_token,
     tokenize,
 )
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,16 @@ def test_time_to_first_token_uses_the_chat_template(tiny_model: LoadedModel) -> 
 def test_speed_tests_follow_llama_benchs_order() -> None:
     names = [(t.name, t.threads, t.n_batch) for t in speed_tests([16, 32], [4], [1, 2], [2048, 64], [512])]
     assert names == [
-        ("pp16", 1, 2048), ("pp32", 1, 2048), ("pp16", 1, 64), ("pp32", 1, 64), ("tg4", 1, 2048),
-        ("pp16", 2, 2048), ("pp32", 2, 2048), ("pp16", 2, 64), ("pp32", 2, 64), ("tg4", 2, 2048),
+        ("pp16", 1, 2048),
+        ("pp32", 1, 2048),
+        ("pp16", 1, 64),
+        ("pp32", 1, 64),
+        ("tg4", 1, 2048),
+        ("pp16", 2, 2048),
+        ("pp32", 2, 2048),
+        ("pp16", 2, 64),
+        ("pp32", 2, 64),
+        ("tg4", 2, 2048),
     ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from cli_runner import MLLM_CPU, run_cli
 from forcing import forcing_options
 from mllm_cpu.conversation import HELP_TEXT, Conversation, run_command
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.tasks import get_preset
 
@@ -110,24 +110,30 @@ def test_load_accepts_a_list_of_messages(engine: Engine, tmp_path: Path) -> None
     assert conversation.messages() == [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
 
 
-@pytest.mark.parametrize(("command", "message"), [
-    ("/task java", "unknown task 'java'"),
-    ("/task", "/task needs a name"),
-    ("/save", "/save needs a file name"),
-    ("/load /nonexistent/x.json", "cannot read"),
-    ("/frobnicate", "unknown command /frobnicate"),
-])
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("/task java", "unknown task 'java'"),
+        ("/task", "/task needs a name"),
+        ("/save", "/save needs a file name"),
+        ("/load /nonexistent/x.json", "cannot read"),
+        ("/frobnicate", "unknown command /frobnicate"),
+    ],
+)
 def test_bad_commands_raise_input_errors(engine: Engine, command: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         run_command(Conversation(engine, SamplingOptions()), command)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("not json", "not a JSON conversation"),
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "role 'robot'"),
-    ('{"messages": [{"role": "user"}]}', "needs a string"),
-    ('{"messages": 3}', "expected"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not a JSON conversation"),
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "role 'robot'"),
+        ('{"messages": [{"role": "user"}]}', "needs a string"),
+        ('{"messages": 3}', "expected"),
+    ],
+)
 def test_bad_conversation_files(engine: Engine, tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -199,8 +205,18 @@ def test_repl_context_overflow_drops_old_turns(synthetic_tiny_gguf: Path) -> Non
 
 
 def test_piped_input_answers_each_line_and_exits(synthetic_tiny_gguf: Path) -> None:
-    result = run_cli("chat", "--model", str(synthetic_tiny_gguf), "--threads", "1", "--max-tokens", "6", "--seed", "1",
-                     input_text="first question\n\n/stats\nsecond question\n")
+    result = run_cli(
+        "chat",
+        "--model",
+        str(synthetic_tiny_gguf),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "6",
+        "--seed",
+        "1",
+        input_text="first question\n\n/stats\nsecond question\n",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 2
     assert "last reply: 6 tokens" in result.stderr

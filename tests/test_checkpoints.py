@@ -44,7 +44,7 @@ def _stored_tensors(folder: Path) -> dict[str, tuple[str, list[int]]]:
     stored: dict[str, tuple[str, list[int]]] = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as reader:
-            for name in reader.keys():
+            for name in reader:
                 tensor_slice = reader.get_slice(name)
                 stored[name] = (tensor_slice.get_dtype(), tensor_slice.get_shape())
     return stored
@@ -81,11 +81,20 @@ def test_weights_are_dense_llama4_names(tiny: Path) -> None:
     expected = {"model.embed_tokens.weight", "model.norm.weight"}
     for layer in range(TINY.num_hidden_layers):
         prefix = f"model.layers.{layer}."
-        expected |= {prefix + name + ".weight" for name in (
-            "input_layernorm", "post_attention_layernorm",
-            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "feed_forward.gate_proj", "feed_forward.up_proj", "feed_forward.down_proj",
-        )}
+        expected |= {
+            prefix + name + ".weight"
+            for name in (
+                "input_layernorm",
+                "post_attention_layernorm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "feed_forward.gate_proj",
+                "feed_forward.up_proj",
+                "feed_forward.down_proj",
+            )
+        }
     assert set(stored) == expected
     assert stored["model.layers.0.feed_forward.gate_proj.weight"][1] == [TINY.intermediate_size, TINY.hidden_size]
     assert stored["model.layers.0.self_attn.k_proj.weight"][1] == [TINY.num_key_value_heads * 64, TINY.hidden_size]
@@ -127,7 +136,7 @@ def test_reference_greedy_follows_logits(tiny: Path) -> None:
     assert len(generated) == 8
     assert generated[0] == int(reference_logits(tiny, PROMPT_IDS)[-1].argmax())
     extended = reference_logits(tiny, PROMPT_IDS + generated[:-1])
-    assert [int(i) for i in extended[len(PROMPT_IDS) - 1:].argmax(axis=-1)] == generated
+    assert [int(i) for i in extended[len(PROMPT_IDS) - 1 :].argmax(axis=-1)] == generated
 
 
 def test_build_is_deterministic(tmp_path: Path, tiny: Path) -> None:

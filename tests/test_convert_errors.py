@@ -52,13 +52,16 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing tokenizer": (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     "unsupported architecture": (
         lambda f: _edit_config(f, architectures=["MistralForCausalLM"]),
-        "unsupported architecture MistralForCausalLM; supported: Llama4ForCausalLM"),
+        "unsupported architecture MistralForCausalLM; supported: Llama4ForCausalLM",
+    ),
     "llama4 with experts": (
         lambda f: _edit_config(f, num_local_experts=16, interleave_moe_layer_step=1),
-        "has experts (MoE)"),
+        "has experts (MoE)",
+    ),
     "inconsistent shapes": (
         lambda f: _edit_config(f, intermediate_size_mlp=384),
-        "feed_forward.gate_proj.weight has shape [256, 192], config.json implies [384, 192]"),
+        "feed_forward.gate_proj.weight has shape [256, 192], config.json implies [384, 192]",
+    ),
     "truncated safetensors": (lambda f: _truncate(f / "model.safetensors"), "truncated"),
     "corrupt safetensors header": (lambda f: _corrupt_header(f / "model.safetensors"), "corrupt"),
     "config not json": (lambda f: (f / "config.json").write_text("{oops"), "config.json: not valid JSON"),
@@ -91,13 +94,16 @@ def test_missing_shard_is_named(sharded_checkpoint: Path, tmp_path: Path) -> Non
     assert files_in(tmp_path / "out") == []
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--quant", "q4_0,q9_9"], "unknown quant type q9_9; choose from: f32, f16"),
-    (["--quant", " , "], "--quant is empty"),
-    (["--embedding-type", "q7"], "unknown embedding type q7"),
-    (["--frobnicate"], "No such option: --frobnicate"),
-    (["--threads", "many"], "Invalid value for '--threads'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quant", "q4_0,q9_9"], "unknown quant type q9_9; choose from: f32, f16"),
+        (["--quant", " , "], "--quant is empty"),
+        (["--embedding-type", "q7"], "unknown embedding type q7"),
+        (["--frobnicate"], "No such option: --frobnicate"),
+        (["--threads", "many"], "Invalid value for '--threads'"),
+    ],
+)
 def test_bad_options(args: list[str], message: str, good_checkpoint: Path, tmp_path: Path) -> None:
     result = run_cli("convert", str(good_checkpoint), "--outdir", str(tmp_path / "out"), *args)
     assert result.returncode == 2
@@ -140,8 +146,11 @@ class _InterruptAfter:
         pass
 
 
-@pytest.mark.parametrize("progress", [_InterruptAfter(tensors=5), _InterruptAfter(at_file="Q4_0")],
-                         ids=["while writing", "before quantizing"])
+@pytest.mark.parametrize(
+    "progress",
+    [_InterruptAfter(tensors=5), _InterruptAfter(at_file="Q4_0")],
+    ids=["while writing", "before quantizing"],
+)
 def test_interrupt_leaves_no_partial_file(progress: _InterruptAfter, good_checkpoint: Path, tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -152,8 +161,12 @@ def test_interrupt_leaves_no_partial_file(progress: _InterruptAfter, good_checkp
 def test_ctrl_c_in_a_real_run_leaves_no_partial_file(tmp_path: Path) -> None:
     """SIGINT to the CLI while it writes a 140M-shaped F32 file (~560 MB)."""
     outdir = tmp_path / "out"
-    process = subprocess.Popen([MLLM_CPU, "convert", "--synthetic", "140m", "--outdir", str(outdir), "--quant", "f32"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [MLLM_CPU, "convert", "--synthetic", "140m", "--outdir", str(outdir), "--quant", "f32"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list(outdir.glob(".*.partial")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from checkpoints import (BOS_ID, EOM_ID, EOT_ID, TINY_GQA2, TOKENIZER_CORPUS, build_checkpoint, load_tokenizer)
+from checkpoints import BOS_ID, EOM_ID, EOT_ID, TINY_GQA2, TOKENIZER_CORPUS, build_checkpoint, load_tokenizer
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary
 from mllm_cpu.convert.pipeline import convert_checkpoint
@@ -29,7 +29,13 @@ def _reader_value(reader: gguf.GGUFReader, key: str) -> object:
 def test_file_names_follow_the_gguf_convention(tiny_ggufs: dict[str, Path]) -> None:
     assert tiny_ggufs["q4_k_m"].name.startswith("MobileLLM-R1-")
     assert {p.name.rsplit("-", 1)[1] for p in tiny_ggufs.values()} == {
-        "F32.gguf", "F16.gguf", "BF16.gguf", "Q8_0.gguf", "Q4_K_M.gguf", "Q4_0.gguf"}
+        "F32.gguf",
+        "F16.gguf",
+        "BF16.gguf",
+        "Q8_0.gguf",
+        "Q4_K_M.gguf",
+        "Q4_0.gguf",
+    }
 
 
 def test_metadata_and_tokenizer_keys(tiny_checkpoint: Path, tiny_ggufs: dict[str, Path]) -> None:
@@ -86,8 +92,9 @@ def test_k_quants_fall_back_on_rows_not_a_multiple_of_256(tiny_ggufs: dict[str, 
 def test_embedding_type_sets_the_tied_matrix(tmp_path: Path) -> None:
     folder = build_checkpoint(tmp_path / "MobileLLM-R1-tiny", TINY_GQA2)
     default = convert_checkpoint(folder, parse_quant_list("q4_0"), tmp_path / "default")[0]
-    small = convert_checkpoint(folder, parse_quant_list("q4_0"), tmp_path / "small",
-                               embedding_type=parse_embedding_type("q4_0"))[0]
+    small = convert_checkpoint(
+        folder, parse_quant_list("q4_0"), tmp_path / "small", embedding_type=parse_embedding_type("q4_0")
+    )[0]
 
     def embedding_type(path: Path) -> str:
         tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
@@ -118,7 +125,9 @@ def test_tokenization_matches_hf_tokenizers(tiny_checkpoint: Path, tiny_ggufs: d
     for text in TOKENIZER_CORPUS:
         expected = hf.encode(text).ids
         assert llama.tokenize(text.encode(), add_bos=True, special=True) == expected, text
-        assert llama.detokenize(expected[1:], special=True).decode() == hf.decode(expected[1:], skip_special_tokens=False)
+        assert llama.detokenize(expected[1:], special=True).decode() == hf.decode(
+            expected[1:], skip_special_tokens=False
+        )
 
 
 def test_synthetic_llama3_sized_tokenizer_matches_hf_tokenizers(synthetic_tiny_gguf: Path) -> None:
@@ -131,12 +140,15 @@ def test_synthetic_llama3_sized_tokenizer_matches_hf_tokenizers(synthetic_tiny_g
 
 
 def test_chat_template_renders_like_transformers(tiny_checkpoint: Path, tiny_ggufs: dict[str, Path]) -> None:
-    messages = [{"role": "system", "content": "Please reason step by step."},
-                {"role": "user", "content": "Compute 1+1."},
-                {"role": "assistant", "content": "\\boxed{2}"},
-                {"role": "user", "content": "And 2+2?"}]
+    messages = [
+        {"role": "system", "content": "Please reason step by step."},
+        {"role": "user", "content": "Compute 1+1."},
+        {"role": "assistant", "content": "\\boxed{2}"},
+        {"role": "user", "content": "And 2+2?"},
+    ]
     expected = AutoTokenizer.from_pretrained(tiny_checkpoint).apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True)
+        messages, tokenize=False, add_generation_prompt=True
+    )
     engine = Engine(tiny_ggufs["q8_0"], n_ctx=256)
     assert engine.render_chat(messages) == expected
 
@@ -146,7 +158,8 @@ def test_model_card_license_reaches_the_file(tiny_checkpoint: Path, tmp_path: Pa
     shutil.copytree(tiny_checkpoint, folder)
     (folder / "README.md").write_text(
         "---\nlicense: other\nlicense_name: fair-noncommercial-research-license\n"
-        "base_model: facebook/MobileLLM-R1-950M-base\n---\n# MobileLLM-R1\n")
+        "base_model: facebook/MobileLLM-R1-950M-base\n---\n# MobileLLM-R1\n"
+    )
     path = convert_checkpoint(folder, parse_quant_list("q8_0"), tmp_path / "out")[0].summary.path
     reader = gguf.GGUFReader(path)
     assert _reader_value(reader, "general.license") == "other"

@@ -13,8 +13,18 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from checkpoints import (TINY, TINY_GQA2, TINY_MHA, TINY_UNTIED, TOKENIZER_CORPUS, TinyShape, build_checkpoint,
-                         load_tokenizer, reference_greedy, reference_logits)
+from checkpoints import (
+    TINY,
+    TINY_GQA2,
+    TINY_MHA,
+    TINY_UNTIED,
+    TOKENIZER_CORPUS,
+    TinyShape,
+    build_checkpoint,
+    load_tokenizer,
+    reference_greedy,
+    reference_logits,
+)
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forcing import EOT_ID, forcing_options
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import DEFAULT_CONTEXT, Engine, SamplingOptions, sampling_defaults
 from mllm_cpu.hardware import physical_cores
 
@@ -148,9 +148,15 @@ def test_multi_turn_prefix_reuse_gives_the_same_tokens(engine: Engine) -> None:
 
 
 def test_sampling_defaults_from_the_file_metadata() -> None:
-    options = sampling_defaults({"general.sampling.temp": 0.8, "general.sampling.top_k": 50,
-                                 "general.sampling.top_p": 0.9, "general.sampling.min_p": 0.05,
-                                 "general.sampling.penalty_repeat": 1.1})
+    options = sampling_defaults(
+        {
+            "general.sampling.temp": 0.8,
+            "general.sampling.top_k": 50,
+            "general.sampling.top_p": 0.9,
+            "general.sampling.min_p": 0.05,
+            "general.sampling.penalty_repeat": 1.1,
+        }
+    )
     assert (options.temperature, options.top_k, options.top_p, options.min_p) == pytest.approx((0.8, 50, 0.9, 0.05))
     assert options.repeat_penalty == pytest.approx(1.1)
     assert isinstance(options.top_k, int)
@@ -172,8 +178,12 @@ def _write_gguf(path: Path, arch: str, extra: dict[str, int]) -> Path:
     writer.add_token_list([f"t{i}" for i in range(16)])
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
-    for name, shape in [("token_embd.weight", (16, 64)), ("output_norm.weight", (64,)),
-                        ("blk.0.attn_q.weight", (64, 64)), ("blk.0.ffn_up.weight", (128, 64))]:
+    for name, shape in [
+        ("token_embd.weight", (16, 64)),
+        ("output_norm.weight", (64,)),
+        ("blk.0.attn_q.weight", (64, 64)),
+        ("blk.0.ffn_up.weight", (128, 64)),
+    ]:
         writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -200,10 +210,13 @@ BAD_FILES = {
     "truncated": (lambda good, folder: _truncated(good, folder / "half.gguf"), "truncated"),
     "wrong magic": (lambda good, folder: _bad_magic(good, folder / "magic.gguf"), "not a GGUF file (bad magic"),
     "unsupported architecture": (
-        lambda good, folder: _write_gguf(folder / "llama.gguf", "llama", {}), "unsupported architecture llama"),
+        lambda good, folder: _write_gguf(folder / "llama.gguf", "llama", {}),
+        "unsupported architecture llama",
+    ),
     "llama4 with zero experts": (
         lambda good, folder: _write_gguf(folder / "llama4.gguf", "llama4", {"llama4.expert_count": 0}),
-        "llama4 file with zero experts"),
+        "llama4 file with zero experts",
+    ),
     "not a file": (lambda good, folder: folder / "absent.gguf", "no such file"),
 }
 

@@ -82,8 +82,14 @@ def test_info_shows_the_metadata(stored_tiny: Path) -> None:
     result = run_cli("info", "MobileLLM-R1-tiny")
     assert result.returncode == 0, result.stderr
     flat = " ".join(result.stdout.split())
-    for text in ("MobileLLM-R1 (Llama4 dense), run as qwen3", "q8_0", "128256", "<|eot_id|>", "chat template │ yes",
-                 "bits/weight"):
+    for text in (
+        "MobileLLM-R1 (Llama4 dense), run as qwen3",
+        "q8_0",
+        "128256",
+        "<|eot_id|>",
+        "chat template │ yes",
+        "bits/weight",
+    ):
         assert text in flat
     as_json = json.loads(run_cli("info", str(stored_tiny), "--json").stdout)
     assert as_json == json.loads(json.dumps(details))
@@ -100,10 +106,13 @@ def test_info_on_a_file_this_package_cannot_run(tmp_path: Path) -> None:
     assert "cannot run this file" in shown.stderr
 
 
-@pytest.mark.parametrize(("argument", "message"), [
-    ("nothing-like-this", "not a file, a checkpoint folder, or a model in the store"),
-    ("/no/such/file.gguf", "no such model file"),
-])
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("nothing-like-this", "not a file, a checkpoint folder, or a model in the store"),
+        ("/no/such/file.gguf", "no such model file"),
+    ],
+)
 def test_info_errors(argument: str, message: str) -> None:
     result = run_cli("info", argument)
     assert result.returncode == 2

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.problems import Problem, load_problems
 
 
@@ -14,10 +14,13 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
 
 
 def test_gsm8k_layout(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "gsm8k.jsonl", [
-        {"question": "Natalia sold 48 clips ...", "answer": "48+24=<<48+24=72>>72\n#### 72"},
-        {"question": "How much in total?", "answer": "It costs 1,000+250.\n#### 1,250"},
-    ])
+    path = write_jsonl(
+        tmp_path / "gsm8k.jsonl",
+        [
+            {"question": "Natalia sold 48 clips ...", "answer": "48+24=<<48+24=72>>72\n#### 72"},
+            {"question": "How much in total?", "answer": "It costs 1,000+250.\n#### 1,250"},
+        ],
+    )
     assert load_problems(path) == [
         Problem("1", "Natalia sold 48 clips ...", "math", "72", None, None, "gsm8k"),
         Problem("2", "How much in total?", "math", "1250", None, None, "gsm8k"),
@@ -25,11 +28,14 @@ def test_gsm8k_layout(tmp_path: Path) -> None:
 
 
 def test_math_layout_with_answer_or_solution(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "math.jsonl", [
-        {"problem": "Compute $1/2 + 1/4$.", "answer": "\\frac{3}{4}", "id": "algebra-7"},
-        {"problem": "What is $2+2$?", "solution": "We add: $2+2=\\boxed{4}$.", "idx": 12},
-        {"problem": "Solve $x^2=4$.", "answer": 2},
-    ])
+    path = write_jsonl(
+        tmp_path / "math.jsonl",
+        [
+            {"problem": "Compute $1/2 + 1/4$.", "answer": "\\frac{3}{4}", "id": "algebra-7"},
+            {"problem": "What is $2+2$?", "solution": "We add: $2+2=\\boxed{4}$.", "idx": 12},
+            {"problem": "Solve $x^2=4$.", "answer": 2},
+        ],
+    )
     problems = load_problems(path)
     assert [p.id for p in problems] == ["algebra-7", "12", "3"]
     assert [p.expected for p in problems] == ["\\frac{3}{4}", "4", "2"]
@@ -40,7 +46,7 @@ def test_math_layout_with_answer_or_solution(tmp_path: Path) -> None:
 def test_humaneval_layout(tmp_path: Path) -> None:
     record = {
         "task_id": "HumanEval/0",
-        "prompt": "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n",
+        "prompt": 'def add(a, b):\n    """Add two numbers."""\n',
         "canonical_solution": "    return a + b\n",
         "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
         "entry_point": "add",
@@ -58,11 +64,14 @@ def test_humaneval_layout(tmp_path: Path) -> None:
 
 
 def test_plain_layout_and_task_field(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "plain.jsonl", [
-        {"question": "Why is the sky blue?"},
-        {"problem": "Sum the digits of 2^100."},
-        {"question": "Reverse a list.", "task": "python"},
-    ])
+    path = write_jsonl(
+        tmp_path / "plain.jsonl",
+        [
+            {"question": "Why is the sky blue?"},
+            {"problem": "Sum the digits of 2^100."},
+            {"question": "Reverse a list.", "task": "python"},
+        ],
+    )
     problems = load_problems(path)
     assert [(p.kind, p.task, p.expected) for p in problems] == [
         ("plain", None, None),

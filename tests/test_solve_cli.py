@@ -11,25 +11,38 @@ import pytest
 
 from cli_runner import run_cli
 
+
 def _solve(model: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`mllm-cpu solve ARGS --model MODEL` on one thread."""
     return run_cli("solve", *args, "--model", str(model), "--threads", "1")
 
 
-SOLUTION_FIELDS = {"problem", "task", "answer", "output", "tokens", "tokens_per_second", "seconds", "stop_reason",
-                   "prompt_tokens", "answer_kind", "language"}
+SOLUTION_FIELDS = {
+    "problem",
+    "task",
+    "answer",
+    "output",
+    "tokens",
+    "tokens_per_second",
+    "seconds",
+    "stop_reason",
+    "prompt_tokens",
+    "answer_kind",
+    "language",
+}
 
 
 def test_json_output_is_one_object_with_every_field(synthetic_tiny_gguf: Path) -> None:
     result = _solve(synthetic_tiny_gguf, "Compute: 1-2+3-4+...+99-100", "--max-tokens", "16", "--seed", "1", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert SOLUTION_FIELDS <= set(data)
+    assert set(data) >= SOLUTION_FIELDS
     assert data["problem"] == "Compute: 1-2+3-4+...+99-100"
     assert data["task"] == "math" and data["tokens"] == 16 and data["stop_reason"] == "length"
     assert data["answer"] is None and data["tokens_per_second"] > 0 and data["seconds"] > 0
-    again = json.loads(_solve(synthetic_tiny_gguf, "Compute: 1-2+3-4+...+99-100", "--max-tokens", "16", "--seed", "1",
-                              "--json").stdout)
+    again = json.loads(
+        _solve(synthetic_tiny_gguf, "Compute: 1-2+3-4+...+99-100", "--max-tokens", "16", "--seed", "1", "--json").stdout
+    )
     assert again["output"] == data["output"]
 
 
@@ -71,16 +84,19 @@ def test_problem_from_a_text_file(synthetic_tiny_gguf: Path, tmp_path: Path) -> 
     assert json.loads(result.stdout)["problem"] == "What is 10 / 4?\n"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ((), "give a PROBLEM or --file FILE"),
-    (("x", "--task", "java"), "unknown task 'java'; choose one of: math, python, cpp, science"),
-    (("What is 2+2?", "--run"), "--run and --tests run Python answers; this is a math problem"),
-    (("Write a Python function f.", "--check", "3"), "--check compares boxed answers"),
-    (("x", "--out", "r.jsonl"), "--out and --limit are for a .jsonl batch"),
-    (("--file", "missing.jsonl"), "missing.jsonl: no such file"),
-    (("x", "--ctx", "100000", "--model", "MODEL"), "is more than the model's 4096"),
-    (("x",), "no model found. Download one"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give a PROBLEM or --file FILE"),
+        (("x", "--task", "java"), "unknown task 'java'; choose one of: math, python, cpp, science"),
+        (("What is 2+2?", "--run"), "--run and --tests run Python answers; this is a math problem"),
+        (("Write a Python function f.", "--check", "3"), "--check compares boxed answers"),
+        (("x", "--out", "r.jsonl"), "--out and --limit are for a .jsonl batch"),
+        (("--file", "missing.jsonl"), "missing.jsonl: no such file"),
+        (("x", "--ctx", "100000", "--model", "MODEL"), "is more than the model's 4096"),
+        (("x",), "no model found. Download one"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(synthetic_tiny_gguf: Path, args: tuple[str, ...], message: str) -> None:
     result = run_cli("solve", *(str(synthetic_tiny_gguf) if arg == "MODEL" else arg for arg in args))
     assert result.returncode == 2

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from forcing import forcing_options
 from mllm_cpu.answers import extract_answer
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.solver import Solution, choose_task, is_correct, problem_messages, run_solution, solve
 from mllm_cpu.stream_display import TerminalStream, printable
@@ -78,9 +78,20 @@ def test_code_task_without_a_block_cannot_run(engine: Engine) -> None:
 
 def _code_solution(output: str, task: str = "python") -> Solution:
     answer = extract_answer(output, get_preset(task))
-    return Solution(problem="p", task=task, answer=answer.text, answer_kind=answer.kind, language=answer.language,
-                    output=output, prompt_tokens=1, tokens=1, tokens_per_second=0.0, prompt_seconds=0.0,
-                    generation_seconds=0.0, stop_reason="eos")
+    return Solution(
+        problem="p",
+        task=task,
+        answer=answer.text,
+        answer_kind=answer.kind,
+        language=answer.language,
+        output=output,
+        prompt_tokens=1,
+        tokens=1,
+        tokens_per_second=0.0,
+        prompt_seconds=0.0,
+        generation_seconds=0.0,
+        stop_reason="eos",
+    )
 
 
 def test_python_answer_runs_with_tests_in_the_sandbox() -> None:
@@ -110,5 +121,3 @@ def test_terminal_stream_batches_writes_and_strips_control_characters() -> None:
     stream.finish()
     assert console.export_text() == "ab[31mc\nd\n"
     assert printable("x\ty\r\n") == "x\ty\n"
-
-

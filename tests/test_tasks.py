@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.tasks import TASK_NAMES, TaskPreset, detect_task, get_preset
 
 PYTHON_PROMPT = (
@@ -18,9 +18,7 @@ def test_task_names() -> None:
 
 def test_math_preset_uses_the_model_card_prompt() -> None:
     preset = get_preset("math")
-    assert preset.system_prompt == (
-        "Please reason step by step, and put your final answer within \\boxed{}."
-    )
+    assert preset.system_prompt == ("Please reason step by step, and put your final answer within \\boxed{}.")
     assert preset.answer_kind == "boxed"
     assert preset.language is None
 
@@ -33,9 +31,7 @@ def test_python_preset_uses_the_model_card_prompt() -> None:
 
 def test_cpp_preset_is_the_python_prompt_for_cpp() -> None:
     preset = get_preset("cpp")
-    expected = PYTHON_PROMPT.replace("use python programming", "use c++ programming").replace(
-        "```python", "```cpp"
-    )
+    expected = PYTHON_PROMPT.replace("use python programming", "use c++ programming").replace("```python", "```cpp")
     assert preset.system_prompt == expected
     assert (preset.answer_kind, preset.language) == ("code", "cpp")
 
@@ -71,14 +67,16 @@ DETECT_CASES = [
     ("Write a Python function to reverse a string.", "python"),
     ("Implement a function that returns the n-th Fibonacci number.", "python"),
     ("Write a function that returns the sum of a list of integers.", "python"),
-    ("Given a string s, write a program that counts its vowels. Read s from standard input.",
-     "python"),
+    ("Given a string s, write a program that counts its vowels. Read s from standard input.", "python"),
     ('def add(a, b):\n    """Return a + b.\n    >>> add(1, 2)\n    3\n    """\n', "python"),
     ("from typing import List\n\ndef mean(xs: List[float]) -> float:\n", "python"),
     ("Write a C++ program that reads n and prints the sum of 1..n.", "cpp"),
     ("#include <vector>\nFix the bug in this code.", "cpp"),
-    ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
-     "clips in May. How many clips did Natalia sell altogether in April and May?", "math"),
+    (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+        "clips in May. How many clips did Natalia sell altogether in April and May?",
+        "math",
+    ),
     ("Let $f$ be a function such that $f(x+y) = f(x)f(y)$ and $f(1)=2$. Find $f(3)$.", "math"),
     ("Find all functions f from the reals to the reals such that f(x+y)=f(x)+f(y).", "math"),
     ("Write a linear function that models the cost, where f(x) = 3x + 2.", "math"),

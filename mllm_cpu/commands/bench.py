@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,8 +26,8 @@ from mllm_cpu.bench.runner import BenchOptions, resolve_models, run_benchmark
 from mllm_cpu.bench.synthetic_models import parse_sizes
 from mllm_cpu.commands.convert import RichConvertProgress
 from mllm_cpu.console import err, out
-from mllm_cpu.convert.errors import InputError
 from mllm_cpu.convert.quant_types import parse_quant_list
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.store import DEFAULT_QUANT
 
 
@@ -61,7 +61,7 @@ class RichBenchProgress(RichConvertProgress):
 
 
 def int_list(text: str, option: str) -> list[int]:
-    """"1,2,4" -> [1, 2, 4]; anything else is an InputError naming the option."""
+    """ "1,2,4" -> [1, 2, 4]; anything else is an InputError naming the option."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -71,8 +71,8 @@ def int_list(text: str, option: str) -> list[int]:
     return values
 
 
-def _output_format(json_output: bool, csv_output: bool, md_output: bool, out_file: Optional[Path]) -> Optional[str]:
-    chosen = [name for name, flag in zip(FORMATS, (json_output, csv_output, md_output)) if flag]
+def _output_format(json_output: bool, csv_output: bool, md_output: bool, out_file: Path | None) -> str | None:
+    chosen = [name for name, flag in zip(FORMATS, (json_output, csv_output, md_output), strict=False) if flag]
     if len(chosen) > 1:
         raise InputError("choose one of --json, --csv and --md")
     if chosen:
@@ -86,36 +86,54 @@ def _output_format(json_output: bool, csv_output: bool, md_output: bool, out_fil
 
 
 def bench(
-    models: Annotated[Optional[list[str]], typer.Argument(
-        help="GGUF files, store names or checkpoint folders.", show_default=False)] = None,
-    synthetic: Annotated[Optional[str], typer.Option(
-        help="Synthetic MobileLLM-R1 sizes to measure, e.g. 140m,360m,950m (converted once into the store).")] = None,
-    quant: Annotated[Optional[str], typer.Option(
-        "--quant", "-q", help=f"Quant levels of the synthetic models (default {DEFAULT_QUANT}).")] = None,
+    models: Annotated[
+        list[str] | None, typer.Argument(help="GGUF files, store names or checkpoint folders.", show_default=False)
+    ] = None,
+    synthetic: Annotated[
+        str | None,
+        typer.Option(
+            help="Synthetic MobileLLM-R1 sizes to measure, e.g. 140m,360m,950m (converted once into the store)."
+        ),
+    ] = None,
+    quant: Annotated[
+        str | None,
+        typer.Option("--quant", "-q", help=f"Quant levels of the synthetic models (default {DEFAULT_QUANT})."),
+    ] = None,
     n_prompt: Annotated[str, typer.Option("--n-prompt", "-p", help="Prompt lengths (pp tests), comma list.")] = "512",
     n_gen: Annotated[str, typer.Option("--n-gen", "-n", help="Generation lengths (tg tests), comma list.")] = "128",
-    threads: Annotated[Optional[str], typer.Option(
-        "--threads", "-t", help="Thread counts, comma list (default: the board's cores, at most this machine's).")] = None,
+    threads: Annotated[
+        str | None,
+        typer.Option(
+            "--threads", "-t", help="Thread counts, comma list (default: the board's cores, at most this machine's)."
+        ),
+    ] = None,
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="n_batch values for pp, comma list.")] = "2048",
     ubatch_size: Annotated[str, typer.Option("--ubatch-size", "-ub", help="n_ubatch values, comma list.")] = "512",
     repetitions: Annotated[int, typer.Option("--repetitions", "-r", help="Timed repetitions per test.")] = 5,
     ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context for the fit check, memory and TTFT.")] = 4096,
     board: Annotated[str, typer.Option(help="rpi4 (4 GB), rpi5 (8 GB), pi-zero-2 (512 MB) or laptop.")] = "laptop",
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up runs.")] = False,
-    no_bandwidth: Annotated[bool, typer.Option(
-        "--no-bandwidth", help="Skip the memory bandwidth measurement (no roofline columns).")] = False,
+    no_bandwidth: Annotated[
+        bool, typer.Option("--no-bandwidth", help="Skip the memory bandwidth measurement (no roofline columns).")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON output (every repetition's samples).")] = False,
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV output, one row per test.")] = False,
     md_output: Annotated[bool, typer.Option("--md", help="Markdown tables.")] = False,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the chosen format to this file.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the chosen format to this file.")] = None,
 ) -> None:
     """Measure pp/tg tokens per second (as llama-bench), load time, peak memory, TTFT and fit."""
     output_format = _output_format(json_output, csv_output, md_output, out_file)
     options = BenchOptions(
-        prompts=int_list(n_prompt, "-p/--n-prompt"), gens=int_list(n_gen, "-n/--n-gen"),
+        prompts=int_list(n_prompt, "-p/--n-prompt"),
+        gens=int_list(n_gen, "-n/--n-gen"),
         threads=int_list(threads, "-t/--threads") if threads is not None else None,
-        batches=int_list(batch_size, "-b/--batch-size"), ubatches=int_list(ubatch_size, "-ub/--ubatch-size"),
-        repetitions=repetitions, n_ctx=ctx, board=board, warmup=not no_warmup, bandwidth=not no_bandwidth,
+        batches=int_list(batch_size, "-b/--batch-size"),
+        ubatches=int_list(ubatch_size, "-ub/--ubatch-size"),
+        repetitions=repetitions,
+        n_ctx=ctx,
+        board=board,
+        warmup=not no_warmup,
+        bandwidth=not no_bandwidth,
     )
     options.validate()
     if out_file is not None and not out_file.parent.is_dir():
@@ -124,8 +142,13 @@ def bench(
         raise InputError("--quant applies to --synthetic models only")
     sizes = parse_sizes(synthetic) if synthetic is not None else []
     levels = parse_quant_list(quant or DEFAULT_QUANT)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True, refresh_per_second=2) as bars:
         progress = RichBenchProgress(bars)
         paths = resolve_models(models or [], sizes, levels, progress)
@@ -138,8 +161,9 @@ def bench(
         err.print(f"wrote {out_file}", highlight=False)
     _print_wide(rich_table("Speed (llama-bench definitions)", *speed_rows(run), note=caption(run)))
     fit_columns, fit_cells = fit_rows(run)
-    _print_wide(rich_table(f"Memory fit at context {ctx} (F16 KV cache)", fit_columns, fit_cells,
-                           note=fit_caption(run)))
+    _print_wide(
+        rich_table(f"Memory fit at context {ctx} (F16 KV cache)", fit_columns, fit_cells, note=fit_caption(run))
+    )
 
 
 def _print_wide(renderable: Table) -> None:
@@ -147,6 +171,7 @@ def _print_wide(renderable: Table) -> None:
     if out.is_terminal:
         out.print(renderable)
         return
-    width = max(Measurement.get(out, out.options.update_width(10_000), renderable).maximum,
-                len(str(renderable.caption or "")))
+    width = max(
+        Measurement.get(out, out.options.update_width(10_000), renderable).maximum, len(str(renderable.caption or ""))
+    )
     Console(file=sys.stdout, width=max(out.width, width), color_system=None).print(renderable)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from mllm_cpu.commands.generation_options import (
-    ContextOption, MaxTokensOption, MinPOption, ModelOption, RepeatPenaltyOption, SeedOption, TemperatureOption,
-    ThreadsOption, TopKOption, TopPOption, load_engine, sampling_options,
-)
+from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.console import err, out
 from mllm_cpu.conversation import Conversation, Reply, run_command
-from mllm_cpu.convert.errors import InputError
+from mllm_cpu.core.errors import InputError
 from mllm_cpu.store import store_home
 from mllm_cpu.stream_display import TerminalStream
 from mllm_cpu.tasks import get_preset
@@ -23,20 +20,14 @@ HISTORY_FILE = "chat_history"
 PROMPT = ">>> "
 
 
+@with_options()
 def chat(
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    task: Annotated[Optional[str], typer.Option(
-        help="Start with a task's system prompt: math, python, cpp or science.")] = None,
-    model: ModelOption = None,
-    ctx: ContextOption = None,
-    threads: ThreadsOption = None,
-    temperature: TemperatureOption = None,
-    top_p: TopPOption = None,
-    top_k: TopKOption = None,
-    min_p: MinPOption = None,
-    repeat_penalty: RepeatPenaltyOption = None,
-    seed: SeedOption = None,
-    max_tokens: MaxTokensOption = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Start with a task's system prompt: math, python, cpp or science.")
+    ] = None,
+    *,
+    flags: Flags,
 ) -> None:
     """Chat with the model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D leaves.
 
@@ -45,9 +36,8 @@ def chat(
     if system is not None and task is not None:
         raise InputError("--system and --task both set the system prompt; give one of them")
     system_prompt = get_preset(task).system_prompt if task is not None else system
-    engine = load_engine(model, ctx, threads)
-    options = sampling_options(engine, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                               repeat_penalty=repeat_penalty, seed=seed, max_tokens=max_tokens)
+    engine = flags.load_engine()
+    options = flags.sampling(engine)
     conversation = Conversation(engine, options, system_prompt)
     if sys.stdin.isatty() and sys.stdout.isatty():
         _interactive(conversation)
@@ -62,8 +52,12 @@ def _interactive(conversation: Conversation) -> None:
     home = store_home()
     home.mkdir(parents=True, exist_ok=True)
     session: PromptSession[str] = PromptSession(history=FileHistory(str(home / HISTORY_FILE)))
-    err.print(f"[dim]{escape(conversation.engine.model.name)} · context {conversation.engine.n_ctx} tokens · "
-              "/help for commands · Ctrl-C stops a reply · Ctrl-D leaves[/dim]", highlight=False, soft_wrap=True)
+    err.print(
+        f"[dim]{escape(conversation.engine.model.name)} · context {conversation.engine.n_ctx} tokens · "
+        "/help for commands · Ctrl-C stops a reply · Ctrl-D leaves[/dim]",
+        highlight=False,
+        soft_wrap=True,
+    )
     while True:
         try:
             line = session.prompt(PROMPT)
@@ -114,13 +108,20 @@ def _handle_line(conversation: Conversation, line: str, *, interactive: bool) ->
 def _show_notices(reply: Reply, conversation: Conversation) -> None:
     if reply.dropped_turns:
         turns = "turn" if reply.dropped_turns == 1 else "turns"
-        err.print(f"[yellow]the conversation outgrew the {conversation.engine.n_ctx}-token context: "
-                  f"dropped the {reply.dropped_turns} oldest {turns}[/yellow]", highlight=False, soft_wrap=True)
+        err.print(
+            f"[yellow]the conversation outgrew the {conversation.engine.n_ctx}-token context: "
+            f"dropped the {reply.dropped_turns} oldest {turns}[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
     reason = reply.generation.stop_reason
     if reason == "interrupted":
         err.print("[yellow]stopped; the partial reply is kept[/yellow]", highlight=False, soft_wrap=True)
     elif reason == "length":
-        err.print(f"[yellow]reply cut at --max-tokens {conversation.options.max_tokens}[/yellow]",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"[yellow]reply cut at --max-tokens {conversation.options.max_tokens}[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif reason == "context":
         err.print("[yellow]reply cut at the end of the context[/yellow]", highlight=False, soft_wrap=True)

@@ -26,8 +26,10 @@ def doctor(
         ["SIMD features (llama.cpp)", ", ".join(machine.simd_features) or "none"],
         ["build flags (llama.cpp)", ", ".join(machine.build_flags) or "none"],
         ["llama_print_system_info", machine.llama_system_info],
-        ["memory", f"{human_bytes(machine.memory_total_bytes)} total, "
-                   f"{human_bytes(machine.memory_available_bytes)} available"],
+        [
+            "memory",
+            f"{human_bytes(machine.memory_total_bytes)} total, {human_bytes(machine.memory_available_bytes)} available",
+        ],
         *([name, version] for name, version in versions.items()),
     ]
     out.print(table("mllm-cpu doctor", ["item", "value"], rows))

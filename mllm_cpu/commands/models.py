@@ -21,13 +21,25 @@ def models(
         print_json(rows)
         return
     if not rows:
-        err.print(f"the store ({escape(str(models_dir()))}) is empty: {escape(HOW_TO_GET_A_MODEL)}", soft_wrap=True,
-                  highlight=False)
+        err.print(
+            f"the store ({escape(str(models_dir()))}) is empty: {escape(HOW_TO_GET_A_MODEL)}",
+            soft_wrap=True,
+            highlight=False,
+        )
         return
     cells = [
-        [row["name"], "-", "-", "-", "-", f"unreadable: {row['error']}"] if row["error"] else
-        [row["name"], row["quant"], human_bytes(row["bytes"]), _millions(row["parameters"]),
-         row["context_length"] or "-", row["source_architecture"]] for row in rows]
+        [row["name"], "-", "-", "-", "-", f"unreadable: {row['error']}"]
+        if row["error"]
+        else [
+            row["name"],
+            row["quant"],
+            human_bytes(row["bytes"]),
+            _millions(row["parameters"]),
+            row["context_length"] or "-",
+            row["source_architecture"],
+        ]
+        for row in rows
+    ]
     columns = ["name", "quant", "size", "params", "context", "source architecture"]
     rows_text = [[escape(str(cell)) for cell in row] for row in cells]
     out.print(table(escape(f"models in {models_dir()}"), columns, rows_text))
@@ -42,16 +54,23 @@ def info(
     if json_output:
         print_json(details)
         return
-    out.print(table(escape(str(details["name"])), ["field", "value"],
-                    [[field, escape(str(value))] for field, value in _info_rows(details)]))
+    out.print(
+        table(
+            escape(str(details["name"])),
+            ["field", "value"],
+            [[field, escape(str(value))] for field, value in _info_rows(details)],
+        )
+    )
     if not details["runnable"]:
-        err.print(f"[yellow]cannot run this file:[/yellow] {escape(details['problem'])}", soft_wrap=True,
-                  highlight=False)
+        err.print(
+            f"[yellow]cannot run this file:[/yellow] {escape(details['problem'])}", soft_wrap=True, highlight=False
+        )
 
 
 def _info_rows(details: dict[str, Any]) -> list[list[Any]]:
-    special = ", ".join(f"{name} {token['id']} {token['text'] or ''}".rstrip()
-                        for name, token in details["special_tokens"].items())
+    special = ", ".join(
+        f"{name} {token['id']} {token['text'] or ''}".rstrip() for name, token in details["special_tokens"].items()
+    )
     sampling = ", ".join(f"{key} {value}" for key, value in details["sampling_defaults"].items())
     return [
         ["file", details["file"]],
@@ -59,8 +78,10 @@ def _info_rows(details: dict[str, Any]) -> list[list[Any]]:
         ["model", details["description"]],
         ["source architecture", details["source_architecture"] or "-"],
         ["parameters", f"{_millions(details['parameters'])} ({details['parameters']:,})"],
-        ["layers / width / heads / kv heads",
-         f"{details['layers']} / {details['embedding_length']} / {details['heads']} / {details['kv_heads']}"],
+        [
+            "layers / width / heads / kv heads",
+            f"{details['layers']} / {details['embedding_length']} / {details['heads']} / {details['kv_heads']}",
+        ],
         ["file type", details["file_type"]],
         ["tensor types", details["type_mix_text"]],
         ["context length", details["context_length"] or "-"],
