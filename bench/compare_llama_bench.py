@@ -59,9 +59,9 @@ def cache_dir() -> Path:
     return store_home() / "tools" / f"llama.cpp-{llama_cpp_python_version()}"
 
 
-def cached_binary() -> Path:
-    """The cached llama-bench executable (it may not exist yet)."""
-    return cache_dir() / "build" / "bin" / "llama-bench"
+def cached_binary(tool: str = "llama-bench") -> Path:
+    """A cached llama.cpp tool executable, llama-bench by default (it may not exist yet)."""
+    return cache_dir() / "build" / "bin" / tool
 
 
 def fetch_sources(workdir: Path) -> Path:
@@ -83,20 +83,25 @@ def fetch_sources(workdir: Path) -> Path:
 
 def build_llama_bench(source: Path | None = None, jobs: int | None = None) -> Path:
     """Configure and build llama-bench with cmake into the cache; returns the executable."""
+    return build_llama_tool("llama-bench", "llama-bench", source, jobs)
+
+
+def build_llama_tool(target: str, folder: str, source: Path | None = None, jobs: int | None = None) -> Path:
+    """Build one llama.cpp tool (cmake `target`, sources in tools/`folder`) into the cache."""
     if shutil.which("cmake") is None:
-        raise InputError("building llama-bench needs cmake (and a C/C++ compiler)")
+        raise InputError(f"building {target} needs cmake (and a C/C++ compiler)")
     build = cache_dir() / "build"
     with tempfile.TemporaryDirectory(prefix="llama-cpp-src-") as workdir:
         tree = Path(source) if source is not None else fetch_sources(Path(workdir))
-        if not (tree / "tools" / "llama-bench").is_dir():
-            raise InputError(f"{tree}: not a llama.cpp source tree with tools/llama-bench")
+        if not (tree / "tools" / folder).is_dir():
+            raise InputError(f"{tree}: not a llama.cpp source tree with tools/{folder}")
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *CMAKE_FLAGS], check=True)
         subprocess.run(
-            ["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(jobs or os.cpu_count() or 1)],
+            ["cmake", "--build", str(build), "--target", target, "-j", str(jobs or os.cpu_count() or 1)],
             check=True,
         )
-    return cached_binary()
+    return cached_binary(target)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Which GGUF tensor comes from which HF tensor, and how: the MobileLLM-R1 -> qwen3 mapping.
 
-See the project notes: llama4's weightless q/k RMS norm after interleaved RoPE equals
+See docs/DESIGN.md ("The mapping"): llama4's weightless q/k RMS norm after interleaved RoPE equals
 qwen3's q/k norm (weight ones) before NeoX RoPE once the rows of q_proj and k_proj are
 permuted inside each head from (0, 1, ..., d-1) to (0, 2, 4, ..., 1, 3, 5, ...).
 """
@@ -14,6 +14,7 @@ import numpy as np
 
 from mllm_cpu.core.errors import InputError
 
+from .layout import TIED_OUTPUT_HF_NAME, MappedTensor, tensor_layout
 from .model_spec import ModelSpec
 from .safetensors_reader import CheckpointTensors
 
@@ -51,43 +52,19 @@ def interleaved_to_half_split(head_dim: int) -> np.ndarray:
 
 def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTensor]:
     """The ordered tensor list of the GGUF file, with shapes checked against the spec."""
-    q_rows, kv_rows = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
-    expected: list[tuple[str, str, tuple[int, ...], int]] = [
-        ("token_embd.weight", "model.embed_tokens.weight", (spec.n_vocab, spec.n_embd), 0),
+    layout = tensor_layout(spec, tied=spec.tied_embeddings)
+    _reject_unexpected(spec, tensors, {t.hf_name for t in layout if t.hf_name is not None})
+    return [
+        _ones(mapped.gguf_name, mapped.shape[0])
+        if mapped.hf_name is None
+        else _from_checkpoint(tensors, mapped, spec.head_dim)
+        for mapped in layout
     ]
-    for i in range(spec.n_layer):
-        hf = f"model.layers.{i}."
-        expected += [
-            (f"blk.{i}.attn_norm.weight", hf + "input_layernorm.weight", (spec.n_embd,), 0),
-            (f"blk.{i}.attn_q.weight", hf + "self_attn.q_proj.weight", (q_rows, spec.n_embd), spec.n_head),
-            (f"blk.{i}.attn_k.weight", hf + "self_attn.k_proj.weight", (kv_rows, spec.n_embd), spec.n_head_kv),
-            (f"blk.{i}.attn_v.weight", hf + "self_attn.v_proj.weight", (kv_rows, spec.n_embd), 0),
-            (f"blk.{i}.attn_output.weight", hf + "self_attn.o_proj.weight", (spec.n_embd, q_rows), 0),
-            (f"blk.{i}.ffn_norm.weight", hf + "post_attention_layernorm.weight", (spec.n_embd,), 0),
-            (f"blk.{i}.ffn_gate.weight", hf + "feed_forward.gate_proj.weight", (spec.n_ff, spec.n_embd), 0),
-            (f"blk.{i}.ffn_up.weight", hf + "feed_forward.up_proj.weight", (spec.n_ff, spec.n_embd), 0),
-            (f"blk.{i}.ffn_down.weight", hf + "feed_forward.down_proj.weight", (spec.n_embd, spec.n_ff), 0),
-        ]
-    expected.append(("output_norm.weight", "model.norm.weight", (spec.n_embd,), 0))
-    if not spec.tied_embeddings:
-        expected.append(("output.weight", "lm_head.weight", (spec.n_vocab, spec.n_embd), 0))
-
-    _reject_unexpected(spec, tensors, {source for _, source, _, _ in expected})
-    plan = []
-    for name, source, shape, permute_heads in expected:
-        plan.append(_from_checkpoint(tensors, name, source, shape, permute_heads, spec.head_dim))
-        if name.endswith("attn_k.weight"):
-            layer = name.split(".")[1]
-            plan += [
-                _ones(f"blk.{layer}.attn_q_norm.weight", spec.head_dim),
-                _ones(f"blk.{layer}.attn_k_norm.weight", spec.head_dim),
-            ]
-    return plan
 
 
-def _from_checkpoint(
-    tensors: CheckpointTensors, name: str, source: str, shape: tuple[int, ...], permute_heads: int, head_dim: int
-) -> PlannedTensor:
+def _from_checkpoint(tensors: CheckpointTensors, mapped: MappedTensor, head_dim: int) -> PlannedTensor:
+    name, source, shape, permute_heads = mapped.gguf_name, mapped.hf_name, mapped.shape, mapped.permuted_heads
+    assert source is not None
     if source not in tensors:
         raise InputError(f"{tensors.folder}: tensor {source} is missing from the checkpoint")
     if tensors.shape(source) != shape:
@@ -114,7 +91,7 @@ def _ones(name: str, size: int) -> PlannedTensor:
 
 
 def _reject_unexpected(spec: ModelSpec, tensors: CheckpointTensors, used: set[str]) -> None:
-    ignorable = {"lm_head.weight"} if spec.tied_embeddings else set()
+    ignorable = {TIED_OUTPUT_HF_NAME} if spec.tied_embeddings else set()
     extra = sorted(n for n in tensors.tensors if n not in used and n not in ignorable and "rotary_emb" not in n)
     if extra:
         more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""

@@ -428,6 +428,14 @@ def build_checkpoint(
     model = Llama4ForCausalLM(text_config(shape))
     _init_weights(model, shape, seed)
     model = model.to(_TORCH_DTYPES[dtype])
+    return save_checkpoint(model, folder, shards=shards, config_style=config_style)
+
+
+def save_checkpoint(
+    model: Llama4ForCausalLM, folder: Path, *, shards: int = 1, config_style: ConfigStyle = "hub"
+) -> Path:
+    """Save model with its config, generation config and the tiny tokenizer into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
     max_shard_size = _max_shard_size_for(model.state_dict(), shards) if shards > 1 else "50GB"
     model.save_pretrained(folder, safe_serialization=True, max_shard_size=max_shard_size)
     if config_style == "hub":

@@ -44,7 +44,7 @@ def _stored_tensors(folder: Path) -> dict[str, tuple[str, list[int]]]:
     stored: dict[str, tuple[str, list[int]]] = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as reader:
-            for name in reader:
+            for name in reader.keys():  # noqa: SIM118 (safe_open is not iterable)
                 tensor_slice = reader.get_slice(name)
                 stored[name] = (tensor_slice.get_dtype(), tensor_slice.get_shape())
     return stored

@@ -1,0 +1,156 @@
+"""The MobileLLM-R1 -> qwen3 tensor layout, declared once (see docs/DESIGN.md, "The mapping").
+
+Each row says which GGUF tensor (name from gguf-py's `TENSOR_NAMES`) comes from which
+Hugging Face tensor, its shape as a function of the model's dimensions, whether its rows
+are permuted inside each head (interleaved -> half-split RoPE), and whether it is a q/k
+norm of ones that the converter adds (llama4's weightless norm). The converter's planner,
+the synthetic checkpoint writer, the GGUF validator and the tests all read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import gguf
+
+_T = gguf.MODEL_TENSOR
+
+
+class Dims(Protocol):
+    """The dimensions a layout depends on (a ModelSpec or a ModelDims)."""
+
+    @property
+    def n_layer(self) -> int: ...
+    @property
+    def n_embd(self) -> int: ...
+    @property
+    def n_head(self) -> int: ...
+    @property
+    def n_head_kv(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def n_ff(self) -> int: ...
+    @property
+    def n_vocab(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Plain model dimensions, for callers that have no ModelSpec (e.g. a GGUF header)."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+
+
+@dataclass(frozen=True)
+class _Row:
+    kind: gguf.MODEL_TENSOR
+    hf_name: str | None  # None: a unit q/k norm the converter adds
+    shape: Callable[[Dims], tuple[int, ...]]  # (rows, cols) as in the HF checkpoint
+    permuted_heads: Callable[[Dims], int] | None = None  # heads whose rows are permuted
+
+
+def _q_rows(d: Dims) -> int:
+    return d.n_head * d.head_dim
+
+
+def _kv_rows(d: Dims) -> int:
+    return d.n_head_kv * d.head_dim
+
+
+_BEFORE_BLOCKS = (_Row(_T.TOKEN_EMBD, "model.embed_tokens.weight", lambda d: (d.n_vocab, d.n_embd)),)
+_BLOCK = (
+    _Row(_T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight", lambda d: (d.n_embd,)),
+    _Row(_T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight", lambda d: (_q_rows(d), d.n_embd), lambda d: d.n_head),
+    _Row(
+        _T.ATTN_K,
+        "model.layers.{bid}.self_attn.k_proj.weight",
+        lambda d: (_kv_rows(d), d.n_embd),
+        lambda d: d.n_head_kv,
+    ),
+    _Row(_T.ATTN_Q_NORM, None, lambda d: (d.head_dim,)),
+    _Row(_T.ATTN_K_NORM, None, lambda d: (d.head_dim,)),
+    _Row(_T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight", lambda d: (_kv_rows(d), d.n_embd)),
+    _Row(_T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight", lambda d: (d.n_embd, _q_rows(d))),
+    _Row(_T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight", lambda d: (d.n_embd,)),
+    _Row(_T.FFN_GATE, "model.layers.{bid}.feed_forward.gate_proj.weight", lambda d: (d.n_ff, d.n_embd)),
+    _Row(_T.FFN_UP, "model.layers.{bid}.feed_forward.up_proj.weight", lambda d: (d.n_ff, d.n_embd)),
+    _Row(_T.FFN_DOWN, "model.layers.{bid}.feed_forward.down_proj.weight", lambda d: (d.n_embd, d.n_ff)),
+)
+_AFTER_BLOCKS = (_Row(_T.OUTPUT_NORM, "model.norm.weight", lambda d: (d.n_embd,)),)
+_UNTIED_OUTPUT = _Row(_T.OUTPUT, "lm_head.weight", lambda d: (d.n_vocab, d.n_embd))
+
+TIED_OUTPUT_HF_NAME = _UNTIED_OUTPUT.hf_name
+"""The HF output matrix, absent from the GGUF when the embedding is tied."""
+
+
+@dataclass(frozen=True)
+class MappedTensor:
+    """One GGUF tensor of the mapping, with its source."""
+
+    gguf_name: str
+    hf_name: str | None
+    shape: tuple[int, ...]
+    """(rows, cols) as stored in the checkpoint and as numpy writes it."""
+    permuted_heads: int
+    """Number of heads whose rows are reordered interleaved -> half-split; 0 for none."""
+
+    @property
+    def unit_norm(self) -> bool:
+        """True for the q/k norm weights of ones the converter adds (no HF source)."""
+        return self.hf_name is None
+
+    @property
+    def ggml_shape(self) -> tuple[int, ...]:
+        """The shape as a GGUF header lists it (ggml order: fastest dimension first)."""
+        return tuple(reversed(self.shape))
+
+
+def _mapped(row: _Row, dims: Dims, bid: int | None = None) -> MappedTensor:
+    fill = {} if bid is None else {"bid": bid}
+    return MappedTensor(
+        gguf_name=gguf.TENSOR_NAMES[row.kind].format(**fill) + ".weight",
+        hf_name=row.hf_name.format(**fill) if row.hf_name else None,
+        shape=row.shape(dims),
+        permuted_heads=row.permuted_heads(dims) if row.permuted_heads else 0,
+    )
+
+
+def tensor_layout(dims: Dims, *, tied: bool) -> list[MappedTensor]:
+    """Every tensor of the converted file, in file order."""
+    layout = [_mapped(row, dims) for row in _BEFORE_BLOCKS]
+    for bid in range(dims.n_layer):
+        layout += [_mapped(row, dims, bid) for row in _BLOCK]
+    layout += [_mapped(row, dims) for row in _AFTER_BLOCKS]
+    if not tied:
+        layout.append(_mapped(_UNTIED_OUTPUT, dims))
+    return layout
+
+
+def hf_tensor_shapes(dims: Dims, *, tied: bool) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a MobileLLM-R1 HF checkpoint, in checkpoint order."""
+    return {t.hf_name: t.shape for t in tensor_layout(dims, tied=tied) if t.hf_name is not None}
+
+
+def gguf_tensor_shapes(
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_head_kv: int,
+    head_dim: int,
+    n_ff: int,
+    n_vocab: int,
+    *,
+    tied: bool,
+) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> shape in ggml order, for every tensor the qwen3 graph reads."""
+    dims = ModelDims(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab)
+    return {t.gguf_name: t.ggml_shape for t in tensor_layout(dims, tied=tied)}
