@@ -11,6 +11,7 @@ The result keeps every repeat; `best` (as STREAM reports) is the roofline's band
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -79,8 +80,12 @@ def measure_read_bandwidth(workers: int | None = None, array_bytes: int | None =
     try:
         times: dict[int, list[float]] = {}
         for _ in range(workers * repeats):
-            repeat, seconds = results.get(timeout=600)
+            repeat, seconds = _next_result(results, processes)
             times.setdefault(repeat, []).append(seconds)
+    except BaseException:
+        for process in processes:
+            process.terminate()
+        raise
     finally:
         for process in processes:
             process.join(timeout=30)
@@ -88,6 +93,21 @@ def measure_read_bandwidth(workers: int | None = None, array_bytes: int | None =
                 process.terminate()
     total = share * workers
     return Bandwidth([total / max(times[r]) for r in sorted(times)], workers, total)
+
+
+def _next_result(results: Any, processes: list[Any]) -> tuple[int, float]:
+    """The next worker result; an InputError if a worker died without sending it."""
+    while True:
+        try:
+            return results.get(timeout=0.5)
+        except queue.Empty:
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise InputError(
+                    f"the memory bandwidth workers died (exit code {dead[0]}). A script that calls "
+                    'run_benchmark or measure_read_bandwidth must do so under `if __name__ == "__main__":` '
+                    "(the workers are started with multiprocessing's spawn, which imports the script again)"
+                ) from None
 
 
 def _read_worker(share: int, repeats: int, barrier: Any, results: Any) -> None:

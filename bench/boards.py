@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import GIB, MIB
 from mllm_cpu.hardware import available_memory_bytes, physical_cores, total_memory_bytes
 
 CONTEXT_PADDING = 256
 F16_BYTES = 2
-GIB = 1 << 30
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)

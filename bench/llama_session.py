@@ -23,7 +23,6 @@ from mllm_cpu.model_file import ModelFile, validate_model_file
 
 DEFAULT_BATCH = 2048
 DEFAULT_UBATCH = 512
-MIB = 1 << 20
 
 _BUFFER_LINE = re.compile(r"(?P<buffer>\S+)\s+(?P<kind>model|KV|compute|output) buffer size =\s*(?P<mib>[0-9.]+) MiB")
 _KV_CELLS = re.compile(r"llama_kv_cache: size =\s*[0-9.]+ MiB \(\s*(?P<cells>\d+) cells")
@@ -197,15 +196,19 @@ def token_batch(capacity: int) -> Iterator[Any]:
         llama_cpp.llama_batch_free(batch)
 
 
-def fill_batch(batch: Any, tokens: Sequence[int], first_pos: int) -> None:
-    """Put tokens at consecutive positions of sequence 0; only the last one outputs logits."""
+def fill_batch(batch: Any, tokens: Sequence[int], first_pos: int, first_output: int | None = None) -> None:
+    """Put tokens at consecutive positions of sequence 0.
+
+    Only the last token outputs logits, or every token from index `first_output` on.
+    """
     last = len(tokens) - 1
+    outputs_from = last if first_output is None else first_output
     for i, token in enumerate(tokens):
         batch.token[i] = token
         batch.pos[i] = first_pos + i
         batch.n_seq_id[i] = 1
         batch.seq_id[i][0] = 0
-        batch.logits[i] = i == last
+        batch.logits[i] = i >= outputs_from
     batch.n_tokens = len(tokens)
 
 
@@ -233,6 +236,16 @@ def system_info() -> str:
     ensure_backend()
     raw = llama_cpp.llama_print_system_info()
     return (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)).strip()
+
+
+def logits_rows(context: OpenContext, index: int, rows: int, n_vocab: int) -> Any:
+    """The logits of `rows` consecutive outputs from batch token `index` on, as a float32 array
+    [rows, n_vocab] viewing llama.cpp's output buffer (valid until the next decode)."""
+    import llama_cpp
+    import numpy as np
+
+    pointer = llama_cpp.llama_get_logits_ith(context.handle, index)
+    return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(rows, n_vocab))
 
 
 def logits_argmax(context: OpenContext, index: int, n_vocab: int) -> int:

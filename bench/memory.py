@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import MIB
 
 from .llama_session import (
-    MIB,
     ContextSettings,
     decode,
     ensure_backend,

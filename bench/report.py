@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from mllm_cpu.console import human_bytes
+from mllm_cpu.console import human_bytes, table
 from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.core.errors import InputError
 
@@ -40,6 +40,19 @@ _RIGHT = {
     "total",
     "budget",
     "max ctx",
+    "concurrency",
+    "prompt",
+    "n_gen",
+    "decode t/s per request",
+    "aggregate t/s",
+    "errors",
+    "PPL",
+    "ΔPPL",
+    "KL mean",
+    "KL p99",
+    "same top",
+    "pp512 t/s",
+    "tg128 t/s",
 }
 
 
@@ -85,7 +98,7 @@ def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
                 str(result.threads),
                 *([str(result.n_batch), str(result.n_ubatch)] if batches else []),
                 result.test,
-                f"{result.avg_ts:.2f} ± {result.stdev_ts:.2f}",
+                f"{result.avg_ts:.2f} ± {result.stdev_ts:.2f}" + (" noisy" if result.noisy else ""),
                 f"{model.load_seconds:.2f}",
                 human_bytes(model.memory.peak_rss_bytes) if model.memory else "-",
                 f"{model.ttft_mean_ms:.1f}" if model.ttft_samples_ns else "-",
@@ -138,6 +151,8 @@ def caption(run: BenchRun) -> str:
     prompts = sorted({m.ttft_prompt_tokens for m in run.models if m.ttft_samples_ns})
     if prompts:
         parts.append(f"TTFT: chat prompt of {', '.join(map(str, prompts))} tokens")
+    if any(result.noisy for result in run.results):
+        parts.append("noisy: the repetitions' sd exceeds their mean (a busy machine?); rerun with more -r")
     return "; ".join(parts)
 
 
@@ -152,13 +167,8 @@ def fit_caption(run: BenchRun) -> str:
 
 
 def rich_table(title: str, columns: list[str], rows: list[list[str]], note: str | None = None) -> Table:
-    """A rich table with numeric columns right-aligned."""
-    table = Table(title=title, title_justify="left", caption=note, caption_justify="left")
-    for column in columns:
-        table.add_column(column, justify="right" if column in _RIGHT else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    return table
+    """A rich table with llama-bench's right-aligned columns (and every numeric one)."""
+    return table(title, columns, [list(row) for row in rows], caption=note, right=_RIGHT)
 
 
 def markdown(run: BenchRun) -> str:

@@ -91,9 +91,14 @@ class SpeedResult:
         """avg t/s as a percentage of the roofline (tg only)."""
         return 100 * self.avg_ts / self.roofline_ts if self.roofline_ts else None
 
+    @property
+    def noisy(self) -> bool:
+        """The repetitions spread wider than their mean: the average says little."""
+        return self.stdev_ts > self.avg_ts
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, derived values included."""
-        return {**asdict(self), "roofline_percent": self.roofline_percent}
+        return {**asdict(self), "roofline_percent": self.roofline_percent, "noisy": self.noisy}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpeedResult:

@@ -20,16 +20,18 @@ the clock starts, so Python adds nothing to the numbers.
 
 from __future__ import annotations
 
-import ctypes
 import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
 
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.llama_log import captured_llama_log
+from mllm_cpu.prompt_format import PromptFormat
+from mllm_cpu.solver import problem_messages
+from mllm_cpu.tasks import get_preset
 
 from .llama_session import (
     DEFAULT_BATCH,
@@ -45,14 +47,10 @@ from .llama_session import (
     token_batch,
 )
 
-CHAT_MESSAGES = (
-    {"role": "system", "content": "Please reason step by step, and put your final answer within \\boxed{}."},
-    {
-        "role": "user",
-        "content": "A train covers 120 km in 1.5 hours, then 80 km in 1 hour. "
-        "What is its average speed over the whole trip, in km/h?",
-    },
+CHAT_PROBLEM = (
+    "A train covers 120 km in 1.5 hours, then 80 km in 1 hour. What is its average speed over the whole trip, in km/h?"
 )
+"""The question of the time-to-first-token test (asked with the math task's system prompt)."""
 
 
 @dataclass(frozen=True)
@@ -226,44 +224,18 @@ class FirstTokenSamples:
     samples_ns: list[int]
 
 
-def chat_prompt_text(model: LoadedModel) -> str:
-    """The model card's math prompt with a short question, rendered by the file's chat template."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    header = model.file.header
-    template = header.get("tokenizer.chat_template")
-    if not template:
-        return "".join(f"{m['role']}: {m['content']}\n" for m in CHAT_MESSAGES) + "assistant: "
-    bos = _piece(model, header.get("tokenizer.ggml.bos_token_id"))
-    eos = _piece(model, header.get("tokenizer.ggml.eos_token_id"))
-    return Jinja2ChatFormatter(template, eos, bos)(messages=list(CHAT_MESSAGES)).prompt
-
-
-def _piece(model: LoadedModel, token: Any) -> str:
-    """The text of a special token (e.g. "<|begin_of_text|>"), or "" if there is none."""
+def prompt_format(model: LoadedModel) -> PromptFormat:
+    """The runtime's chat rendering and tokenization (Engine's), over a vocabulary-only load of the file."""
     import llama_cpp
 
-    if token is None:
-        return ""
-    buffer = ctypes.create_string_buffer(256)
-    length = llama_cpp.llama_token_to_piece(model.vocab, int(token), buffer, len(buffer), 0, True)
-    return buffer.raw[: max(length, 0)].decode("utf-8", errors="replace")
+    with captured_llama_log():
+        vocab = llama_cpp.Llama(str(model.file.path), vocab_only=True, verbose=False)
+    return PromptFormat(model.file.header, vocab)
 
 
-def tokenize(model: LoadedModel, text: str) -> list[int]:
-    """Token ids of a prompt with special tokens parsed and BOS present once."""
-    import llama_cpp
-
-    data = text.encode("utf-8")
-    capacity = len(data) + 8
-    buffer = (llama_cpp.llama_token * capacity)()
-    count = llama_cpp.llama_tokenize(model.vocab, data, len(data), buffer, capacity, False, True)
-    if count < 0:
-        raise RuntimeError(f"llama_tokenize needs {-count} tokens of room")
-    tokens = list(buffer[:count])
-    if model.add_bos and (not tokens or tokens[0] != model.bos):
-        tokens.insert(0, model.bos)
-    return tokens
+def chat_prompt_text(prompts: PromptFormat) -> str:
+    """The math task's prompt for a short question, rendered by the file's chat template."""
+    return prompts.render(problem_messages(CHAT_PROBLEM, get_preset("math")))
 
 
 def time_to_first_token(
@@ -276,14 +248,15 @@ def time_to_first_token(
 ) -> FirstTokenSamples:
     """Tokenize the chat prompt, decode it as one batch from an empty cache and pick a token.
 
-    Timed end to end as a user waits for it (tokenizer and greedy pick included), on a
+    Timed end to end as a user waits for it (the runtime's tokenizer and a greedy pick included), on a
     context of `n_ctx` tokens; each repetition starts from an empty cache.
     """
     import llama_cpp
 
     on_run = on_run or _nothing
-    text = chat_prompt_text(model)
-    n_prompt = len(tokenize(model, text))
+    prompts = prompt_format(model)
+    text = chat_prompt_text(prompts)
+    n_prompt = len(prompts.tokenize(text))
     n_ctx = max(n_ctx, n_prompt + 1)
     settings = ContextSettings(n_ctx, threads, max(DEFAULT_BATCH, n_prompt), DEFAULT_UBATCH)
     samples: list[int] = []
@@ -291,7 +264,7 @@ def time_to_first_token(
         for repetition in range(repetitions + (1 if warmup else 0)):
             _clear(context)
             begin = time.perf_counter_ns()
-            tokens = tokenize(model, text)
+            tokens = prompts.tokenize(text)
             fill_batch(batch, tokens, 0)
             decode(context, batch)
             llama_cpp.llama_synchronize(context.handle)

@@ -13,12 +13,13 @@ from mllm_cpu.convert.pipeline import ConvertProgress, convert_checkpoint, load_
 from mllm_cpu.convert.quant_types import QuantLevel
 from mllm_cpu.convert.synthetic import synthetic_spec, write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import comma_list
 from mllm_cpu.store import checkpoints_dir, models_dir
 
 
 def parse_sizes(text: str) -> list[str]:
     """ "140m,360m,950m" -> ["140m", "360m", "950m"]; unknown sizes are an InputError."""
-    sizes = [part.strip().lower() for part in text.split(",") if part.strip()]
+    sizes = [size.lower() for size in comma_list(text)]
     if not sizes:
         raise InputError("--synthetic is empty; give sizes such as 140m,360m,950m")
     for size in sizes:
@@ -41,11 +42,15 @@ def synthetic_model_files(
     for size in sizes:
         if on_checkpoint:
             on_checkpoint(size)
-        folder = write_synthetic_checkpoint(size, checkpoints_dir())
-        checkpoint = load_checkpoint(folder)
-        targets = [output_path(checkpoint, level, models_dir()) for level in levels]
-        missing = [level for level, target in zip(levels, targets, strict=False) if not target.is_file()]
-        if missing:
-            convert_checkpoint(folder, missing, models_dir(), progress=progress)
-        files.extend(targets)
+        files.extend(stored_levels(write_synthetic_checkpoint(size, checkpoints_dir()), levels, progress))
     return files
+
+
+def stored_levels(folder: Path, levels: list[QuantLevel], progress: ConvertProgress | None = None) -> list[Path]:
+    """The store's GGUF of a checkpoint folder at every level, converting only the missing ones."""
+    checkpoint = load_checkpoint(folder)
+    targets = [output_path(checkpoint, level, models_dir()) for level in levels]
+    missing = [level for level, target in zip(levels, targets, strict=False) if not target.is_file()]
+    if missing:
+        convert_checkpoint(folder, missing, models_dir(), progress=progress)
+    return targets

@@ -10,10 +10,12 @@ import gguf
 import numpy as np
 
 from mllm_cpu.core import gguf_keys
+from mllm_cpu.core.origin import Origin
 
+from .layout import GGUF_ARCHITECTURE
 from .model_spec import SOURCE_ARCHITECTURE_LABEL, ModelSpec
 from .safetensors_reader import to_f32
-from .tensor_plan import GGUF_ARCHITECTURE, PlannedTensor
+from .tensor_plan import PlannedTensor
 from .tokenizer_spec import TokenizerSpec
 
 CHUNK_ELEMENTS = 1 << 24
@@ -67,10 +69,11 @@ def write_gguf(
     file_type: gguf.LlamaFileType,
     matrix_type: _T,
     on_tensor: Callable[[str], None] = lambda name: None,
+    origin: Origin | None = None,
 ) -> None:
     """Write a complete GGUF file at `path` (the caller makes the write atomic)."""
     writer = gguf.GGUFWriter(path, GGUF_ARCHITECTURE)
-    _add_metadata(writer, spec, tokenizer, general, file_type)
+    _add_metadata(writer, spec, tokenizer, general, file_type, origin)
     streamed = []
     for tensor in tensors:
         qtype = output_type(tensor, matrix_type)
@@ -92,11 +95,14 @@ def _add_metadata(
     tokenizer: TokenizerSpec,
     general: gguf.Metadata,
     file_type: gguf.LlamaFileType,
+    origin: Origin | None,
 ) -> None:
     writer.add_type(gguf.GGUFType.MODEL)
     general.set_gguf_meta_model(writer)
     writer.add_string(gguf_keys.SOURCE_ARCHITECTURE, spec.architecture)
     writer.add_string(gguf_keys.SOURCE_LABEL, SOURCE_ARCHITECTURE_LABEL)
+    if origin is not None:
+        origin.add_to(writer)
 
     writer.add_context_length(spec.n_ctx)
     writer.add_embedding_length(spec.n_embd)

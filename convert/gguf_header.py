@@ -33,7 +33,7 @@ _SCALARS = {
     gguf.GGUFValueType.FLOAT64: "<d",
 }
 _NUMPY = {t: np.dtype(fmt) for t, fmt in _SCALARS.items()}
-_BIG_ARRAY_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
+_BIG_ARRAY_KEYS = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class GGUFHeader:
     tensors: list[TensorEntry]
     array_lengths: dict[str, int] = field(default_factory=dict)
     file_size: int = 0
+    value_spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Byte range [start, end) of each key's type tag and value in the file (for verbatim copies)."""
+    data_start: int = 0
+    """File offset of the tensor data section (tensor offsets count from here)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         """A metadata value, or `default`."""
@@ -66,7 +70,7 @@ class GGUFHeader:
     @property
     def architecture(self) -> str:
         """general.architecture, or "unknown"."""
-        return str(self.metadata.get("general.architecture", "unknown"))
+        return str(self.metadata.get(gguf.Keys.General.ARCHITECTURE, "unknown"))
 
 
 class _Cursor:
@@ -115,12 +119,15 @@ def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
             raise InputError(f"{path}: corrupt GGUF header (counts {n_tensors} tensors, {n_kv} keys)")
         metadata: dict[str, Any] = {}
         lengths: dict[str, int] = {}
+        spans: dict[str, tuple[int, int]] = {}
         for _ in range(n_kv):
             key = cursor.string()
+            start = cursor.pos
             value_type = _value_type(cursor.scalar("<I"), path, key)
             metadata[key] = _read_value(cursor, value_type, key, keep_vocabulary, lengths)
+            spans[key] = (start, cursor.pos)
         tensors = _read_tensor_table(cursor, n_tensors, path)
-        alignment = int(metadata.get("general.alignment", 32))
+        alignment = int(metadata.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
         if alignment <= 0 or alignment & (alignment - 1):
             raise InputError(f"{path}: invalid general.alignment {alignment}")
         data_start = -(-cursor.pos // alignment) * alignment
@@ -130,7 +137,7 @@ def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
         end = data_start + tensor.offset + tensor.n_bytes
         if end > size:
             raise InputError(f"{path}: truncated: tensor {tensor.name} ends at byte {end}, the file has {size}")
-    return GGUFHeader(path, version, metadata, tensors, lengths, size)
+    return GGUFHeader(path, version, metadata, tensors, lengths, size, spans, data_start)
 
 
 def _value_type(raw: int, path: Path, key: str) -> gguf.GGUFValueType:

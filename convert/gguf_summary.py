@@ -55,7 +55,7 @@ def summarize_header(header: GGUFHeader) -> GGUFSummary:
         tensor_bytes=sum(t.n_bytes for t in header.tensors),
         parameters=sum(mix.values()),
         architecture=header.architecture,
-        file_type=_file_type_name(header.get("general.file_type")),
+        file_type=_file_type_name(header.get(gguf.Keys.General.FILE_TYPE)),
         type_mix=dict(mix),
         metadata=header.metadata,
     )

@@ -17,6 +17,9 @@ import gguf
 
 _T = gguf.MODEL_TENSOR
 
+GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
+"""The llama.cpp graph MobileLLM-R1 runs as."""
+
 
 class Dims(Protocol):
     """The dimensions a layout depends on (a ModelSpec or a ModelDims)."""
@@ -86,10 +89,9 @@ _BLOCK = (
     _Row(_T.FFN_DOWN, "model.layers.{bid}.feed_forward.down_proj.weight", lambda d: (d.n_embd, d.n_ff)),
 )
 _AFTER_BLOCKS = (_Row(_T.OUTPUT_NORM, "model.norm.weight", lambda d: (d.n_embd,)),)
-_UNTIED_OUTPUT = _Row(_T.OUTPUT, "lm_head.weight", lambda d: (d.n_vocab, d.n_embd))
-
-TIED_OUTPUT_HF_NAME = _UNTIED_OUTPUT.hf_name
+TIED_OUTPUT_HF_NAME = "lm_head.weight"
 """The HF output matrix, absent from the GGUF when the embedding is tied."""
+_UNTIED_OUTPUT = _Row(_T.OUTPUT, TIED_OUTPUT_HF_NAME, lambda d: (d.n_vocab, d.n_embd))
 
 
 @dataclass(frozen=True)

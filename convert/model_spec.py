@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mllm_cpu.core.errors import InputError
 
-SUPPORTED_ARCHITECTURES = ("Llama4ForCausalLM",)
+SUPPORTED_HF_CLASSES = ("Llama4ForCausalLM",)
+"""Hugging Face model classes (config.json `architectures`) the converter reads."""
 SOURCE_ARCHITECTURE_LABEL = "MobileLLM-R1 (Llama4 dense)"
 
 
@@ -92,38 +94,53 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
     """Validate a config.json dict and return the model's spec."""
     architectures = config.get("architectures") or [config.get("model_type", "unknown")]
     architecture = architectures[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    if architecture not in SUPPORTED_HF_CLASSES:
         raise InputError(
             f"{where}: unsupported architecture {architecture}; supported: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)} (MobileLLM-R1 140M/360M/950M)"
+            f"{', '.join(SUPPORTED_HF_CLASSES)} (MobileLLM-R1 140M/360M/950M)"
         )
     text = config.get("text_config", config)
     if text.get("num_local_experts", 0) or text.get("moe_layers") or text.get("interleave_moe_layer_step", 0):
         raise InputError(
             f"{where}: this Llama4 checkpoint has experts (MoE); only dense MobileLLM-R1 models are supported"
         )
-    try:
-        n_layer = int(text["num_hidden_layers"])
-        n_head = int(text["num_attention_heads"])
-        n_embd = int(text["hidden_size"])
-        spec = ModelSpec(
-            n_layer=n_layer,
-            n_embd=n_embd,
-            n_ff=int(text.get("intermediate_size_mlp") or text["intermediate_size"]),
-            n_head=n_head,
-            n_head_kv=int(text.get("num_key_value_heads") or n_head),
-            head_dim=int(text.get("head_dim") or n_embd // n_head),
-            n_vocab=int(text["vocab_size"]),
-            n_ctx=int(text.get("max_position_embeddings", 4096)),
-            rope_theta=float(text.get("rope_theta") or (text.get("rope_parameters") or {}).get("rope_theta")),
-            rms_norm_eps=float(text.get("rms_norm_eps", 1e-5)),
-            tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
-            architecture=architecture,
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{where}: missing or invalid hyperparameter {err}") from None
+    n_head = _positive(text, "num_attention_heads", where)
+    n_embd = _positive(text, "hidden_size", where)
+    rope_theta = text.get("rope_theta") or (text.get("rope_parameters") or {}).get("rope_theta")
+    spec = ModelSpec(
+        n_layer=_positive(text, "num_hidden_layers", where),
+        n_embd=n_embd,
+        n_ff=_positive(
+            text, "intermediate_size_mlp" if text.get("intermediate_size_mlp") else "intermediate_size", where
+        ),
+        n_head=n_head,
+        n_head_kv=_positive(text, "num_key_value_heads", where, n_head),
+        head_dim=_positive(text, "head_dim", where, n_embd // n_head),
+        n_vocab=_positive(text, "vocab_size", where),
+        n_ctx=_positive(text, "max_position_embeddings", where, 4096),
+        rope_theta=_positive(text, "rope_theta", where, rope_theta, kind=float),
+        rms_norm_eps=_positive(text, "rms_norm_eps", where, 1e-5, kind=float),
+        tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+        architecture=architecture,
+    )
     _check_supported_numerics(text, spec, where)
     return spec
+
+
+def _positive(text: dict[str, Any], key: str, where: str, default: Any = None, kind: type = int) -> Any:
+    """`text[key]` (or `default` when absent or null) as a positive int or finite float.
+
+    Anything else is one InputError that names the key and the value.
+    """
+    value = text.get(key)
+    value = default if value is None else value
+    if value is None:
+        raise InputError(f"{where}: {key} is missing")
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not number or value <= 0 or (kind is int and value != int(value)):
+        wanted = "a positive integer" if kind is int else "a positive number"
+        raise InputError(f"{where}: {key} must be {wanted}, got {json.dumps(value)}")
+    return kind(value)
 
 
 def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str) -> None:
@@ -144,3 +161,7 @@ def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str)
     chunk = text.get("attention_chunk_size")
     if chunk and int(chunk) < spec.n_ctx:
         raise InputError(f"{where}: chunked attention ({chunk} < context {spec.n_ctx}) is not supported")
+    # chunked attention with chunks at least as long as the context is full attention
+    other = sorted(set(text.get("layer_types") or []) - {"full_attention", "chunked_attention"})
+    if other:
+        raise InputError(f"{where}: attention layer type {', '.join(other)} is not supported (only full attention)")

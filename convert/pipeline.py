@@ -8,9 +8,10 @@ from typing import Protocol
 
 import gguf
 
-from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.errors import InputError, naming_path
+from mllm_cpu.core.origin import Origin
 
-from .atomic_file import atomic_output, partial_path
+from .atomic_file import atomic_output, ensure_writable_folder, locked_partial, partial_path, remove_stale_partials
 from .gguf_file import write_gguf
 from .gguf_summary import GGUFSummary, read_summary
 from .llama_quantizer import quantize_with_llama_cpp
@@ -35,6 +36,9 @@ class ConvertProgress(Protocol):
     def file_finished(self, label: str) -> None:
         """The current file is complete."""
 
+    def message(self, text: str) -> None:
+        """A one-line note for the user (a kept file, a removed leftover)."""
+
 
 class SilentProgress:
     """A ConvertProgress that shows nothing."""
@@ -48,6 +52,9 @@ class SilentProgress:
     def file_finished(self, label: str) -> None:
         pass
 
+    def message(self, text: str) -> None:
+        pass
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -59,6 +66,7 @@ class LoadedCheckpoint:
     tensors: list[PlannedTensor]
     storage_dtype: str
     metadata: gguf.Metadata
+    origin: Origin
 
 
 @dataclass
@@ -72,6 +80,8 @@ class ConvertedFile:
 def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
     """Read and validate config, weights and tokenizer, without writing anything."""
     folder = Path(folder)
+    if name is not None:
+        _check_name(name)
     spec = spec_from_config(read_config(folder), str(folder / "config.json"))
     stored = CheckpointTensors(folder)
     tensors = plan_tensors(spec, stored)
@@ -83,7 +93,14 @@ def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
     if not metadata.basename:
         metadata.basename = folder.resolve().name
         metadata.size_label = metadata.size_label or gguf.size_label(spec.parameter_count, 0, 0, 0)
-    return LoadedCheckpoint(folder, spec, tokenizer, tensors, stored.storage_dtype(), metadata)
+    origin = Origin("converted", folder.resolve().name)
+    return LoadedCheckpoint(folder, spec, tokenizer, tensors, stored.storage_dtype(), metadata, origin)
+
+
+def _check_name(name: str) -> None:
+    """A model name goes into file names: refuse anything that is not a plain name."""
+    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\") or not name.isprintable():
+        raise InputError(f"--name {name!r}: give a plain name (no '/', '\\', leading '.' or control characters)")
 
 
 def output_path(checkpoint: LoadedCheckpoint, level: QuantLevel, outdir: Path) -> Path:
@@ -103,31 +120,39 @@ def convert_checkpoint(
     embedding_type: gguf.GGMLQuantizationType | None = None,
     threads: int | None = None,
     progress: ConvertProgress | None = None,
+    origin: Origin | None = None,
 ) -> list[ConvertedFile]:
     """Convert a checkpoint folder to one GGUF file per quant level; returns what was written.
 
-    Nothing is written if the input is invalid or an output exists (without `force`); an
-    interrupted run leaves no partial file.
+    Nothing is written if the input is invalid; an interrupted run leaves no partial file.
+    The run resumes a killed one: partial files nobody is writing are removed, and levels
+    already converted are kept and skipped (unless `force`), each with a message.
+    `origin` (default: converted from this folder) is recorded in every file.
     """
     checkpoint = load_checkpoint(folder, name)
+    if origin is not None:
+        checkpoint.origin = origin
     outdir = Path(outdir) if outdir is not None else Path(folder)
-    targets = {level.name: output_path(checkpoint, level, outdir) for level in levels}
-    existing = [path for path in targets.values() if path.exists()]
-    if existing and not force:
-        raise InputError(f"{existing[0]} already exists (use --force to overwrite)")
-    outdir.mkdir(parents=True, exist_ok=True)
     progress = progress or SilentProgress()
+    ensure_writable_folder(outdir)
+    for stale in remove_stale_partials(outdir):
+        progress.message(f"removed {stale.name}, left by an interrupted conversion")
+    targets = {level.name: output_path(checkpoint, level, outdir) for level in levels}
+    kept = {} if force else {key: path for key, path in targets.items() if path.exists()}
+    for path in kept.values():
+        progress.message(f"kept {path.name} (already converted; --force redoes it)")
+    todo = [level for level in levels if level.name not in kept]
 
     def needs_llama_cpp(level: QuantLevel) -> bool:
         return not level.direct or (embedding_type is not None and embedding_type != level.matrix_type)
 
-    written: dict[str, Path] = {}
-    for level in levels:
+    written: dict[str, Path] = dict(kept)
+    for level in todo:
         if not needs_llama_cpp(level):
             _write_direct(checkpoint, level, targets[level.name], progress)
             written[level.name] = targets[level.name]
 
-    quantized = [level for level in levels if needs_llama_cpp(level)]
+    quantized = [level for level in todo if needs_llama_cpp(level)]
     if quantized:
         lossless = QUANT_LEVELS[_LOSSLESS_LEVEL[checkpoint.storage_dtype]]
         source = written.get(lossless.name) or _write_intermediate(checkpoint, lossless, outdir, progress)
@@ -157,6 +182,7 @@ def _write_direct(checkpoint: LoadedCheckpoint, level: QuantLevel, target: Path,
             level.file_type,
             level.matrix_type,
             progress.tensor_written,
+            checkpoint.origin,
         )
     progress.file_finished(target.name)
 
@@ -168,7 +194,7 @@ def _write_intermediate(
     target = partial_path(output_path(checkpoint, level, outdir).with_suffix(".source.gguf"))
     label = f"{level.label} (quantizer input)"
     progress.file_started(label, len(checkpoint.tensors))
-    try:
+    with locked_partial(target), naming_path(target):
         write_gguf(
             target,
             checkpoint.spec,
@@ -178,9 +204,7 @@ def _write_intermediate(
             level.file_type,
             level.matrix_type,
             progress.tensor_written,
+            checkpoint.origin,
         )
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
     progress.file_finished(label)
     return target

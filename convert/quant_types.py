@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gguf
 
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import comma_list
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ EMBEDDING_TYPES: dict[str, gguf.GGMLQuantizationType] = {
 
 def parse_quant_list(text: str) -> list[QuantLevel]:
     """Parse a comma list such as "f16,q8_0,q4_k_m" (case-insensitive, no duplicates)."""
-    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    names = [name.lower() for name in comma_list(text)]
     if not names:
         raise InputError("--quant is empty; choose from: " + ", ".join(QUANT_LEVELS))
     unknown = [n for n in names if n not in QUANT_LEVELS]

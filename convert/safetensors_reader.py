@@ -72,7 +72,7 @@ class CheckpointTensors:
         buffer = np.empty((stop - start, *row_shape), dtype=dtype)
         with info.file.open("rb") as handle:
             handle.seek(info.start + start * row_bytes)
-            if handle.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
+            if handle.readinto(buffer.data.cast("B")) != buffer.nbytes:
                 raise InputError(f"{info.file}: truncated while reading {name}")
         return buffer if len(info.shape) > 1 else buffer.reshape(info.shape)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from mllm_cpu.core.errors import InputError
 
+from .layout import hf_tensor_shapes
 from .model_spec import ModelSpec
 from .tokenizer_spec import LLAMA3_SPLIT_PATTERN
 
@@ -79,34 +80,9 @@ def write_synthetic_checkpoint(size: str, parent: Path, seed: int = 0, force: bo
     return folder
 
 
-def hf_tensor_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """The tensor names and shapes of a MobileLLM-R1 HF checkpoint."""
-    q_rows, kv_rows = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.n_vocab, spec.n_embd)}
-    for i in range(spec.n_layer):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (spec.n_embd,),
-                p + "self_attn.q_proj.weight": (q_rows, spec.n_embd),
-                p + "self_attn.k_proj.weight": (kv_rows, spec.n_embd),
-                p + "self_attn.v_proj.weight": (kv_rows, spec.n_embd),
-                p + "self_attn.o_proj.weight": (spec.n_embd, q_rows),
-                p + "post_attention_layernorm.weight": (spec.n_embd,),
-                p + "feed_forward.gate_proj.weight": (spec.n_ff, spec.n_embd),
-                p + "feed_forward.up_proj.weight": (spec.n_ff, spec.n_embd),
-                p + "feed_forward.down_proj.weight": (spec.n_embd, spec.n_ff),
-            }
-        )
-    shapes["model.norm.weight"] = (spec.n_embd,)
-    if not spec.tied_embeddings:
-        shapes["lm_head.weight"] = (spec.n_vocab, spec.n_embd)
-    return shapes
-
-
 def _write_random_weights(spec: ModelSpec, path: Path, seed: int) -> None:
     """Stream a BF16 safetensors file: norms are ones, matrices N(0, 1/sqrt(fan_in))."""
-    shapes = hf_tensor_shapes(spec)
+    shapes = hf_tensor_shapes(spec, tied=spec.tied_embeddings)
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():
@@ -173,28 +149,50 @@ def llama3_special_tokens() -> list[str]:
     return tokens
 
 
+_CONSONANTS = "bdfghklmnprstvz"
+_VOWELS = "aeiou"
+_SPACE = byte_alphabet()[ord(" ")]
+_THREE_SYLLABLE_STEP = 7919  # a prime: walks every three-syllable word once, in a scattered order
+
+
+def pseudo_word_merges(count: int) -> list[tuple[str, str]]:
+    """`count` BPE merges over byte-level text, each joining two tokens that exist before it.
+
+    In order: 2- and 3-digit numbers, syllables (consonant + vowel), then words of two and
+    three syllables, each also with a leading space (most three-syllable ones with one).
+    """
+    digits = "0123456789"
+    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
+    merges = [(a, b) for a in digits for b in digits]
+    merges += [(a + b, c) for a in digits for b in digits for c in digits]
+    merges += [(syllable[0], syllable[1]) for syllable in syllables]
+    merges += [(_SPACE, syllable) for syllable in syllables]
+    merges += [(a, b) for a in syllables for b in syllables]
+    merges += [(_SPACE + a, b) for a in syllables for b in syllables]
+    n = len(syllables)
+    for k in range(n**3):
+        if len(merges) >= count:
+            break
+        index = k * _THREE_SYLLABLE_STEP % n**3
+        first, second, third = syllables[index // n // n], syllables[index // n % n], syllables[index % n]
+        merges.append(((_SPACE if k % 4 else "") + first + second, third))
+    if len(merges) < count:
+        raise ValueError(f"only {len(merges)} pseudo-word merges for {count} tokens")
+    return merges[:count]
+
+
 def write_llama3_shaped_tokenizer(folder: Path) -> None:
     """A byte-level BPE tokenizer.json with Llama 3's structure, size and special tokens.
 
-    Its merges are synthetic (all byte pairs, then byte triples), so it tokenizes any text
-    correctly but not as compactly as the real one.
+    Besides the 256 byte tokens (so any text can be encoded), its merges build numbers of
+    two and three digits and pronounceable pseudo-words ("kotavi", " meruno"), so a
+    random-weight model writes readable, if meaningless, text instead of arbitrary bytes.
     """
-    alphabet = byte_alphabet()
-    vocab: dict[str, int] = {char: i for i, char in enumerate(alphabet)}
+    vocab: dict[str, int] = {char: i for i, char in enumerate(byte_alphabet())}
     merges: list[list[str]] = []
-    for first in alphabet:
-        for second in alphabet:
-            vocab.setdefault(first + second, len(vocab))
-            merges.append([first, second])
-    for pair in list(vocab)[256:]:
-        for last in alphabet:
-            if len(vocab) == LLAMA3_REGULAR_TOKENS:
-                break
-            if pair + last not in vocab:
-                vocab[pair + last] = len(vocab)
-                merges.append([pair, last])
-        if len(vocab) == LLAMA3_REGULAR_TOKENS:
-            break
+    for first, second in pseudo_word_merges(LLAMA3_REGULAR_TOKENS - len(vocab)):
+        vocab[first + second] = len(vocab)
+        merges.append([first, second])
     specials = llama3_special_tokens()
     added = [
         {

@@ -18,8 +18,6 @@ from .layout import TIED_OUTPUT_HF_NAME, MappedTensor, tensor_layout
 from .model_spec import ModelSpec
 from .safetensors_reader import CheckpointTensors
 
-GGUF_ARCHITECTURE = "qwen3"
-
 
 @dataclass(frozen=True)
 class PlannedTensor:
@@ -57,14 +55,13 @@ def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTen
     return [
         _ones(mapped.gguf_name, mapped.shape[0])
         if mapped.hf_name is None
-        else _from_checkpoint(tensors, mapped, spec.head_dim)
+        else _from_checkpoint(tensors, mapped, mapped.hf_name, spec.head_dim)
         for mapped in layout
     ]
 
 
-def _from_checkpoint(tensors: CheckpointTensors, mapped: MappedTensor, head_dim: int) -> PlannedTensor:
-    name, source, shape, permute_heads = mapped.gguf_name, mapped.hf_name, mapped.shape, mapped.permuted_heads
-    assert source is not None
+def _from_checkpoint(tensors: CheckpointTensors, mapped: MappedTensor, source: str, head_dim: int) -> PlannedTensor:
+    name, shape, permute_heads = mapped.gguf_name, mapped.shape, mapped.permuted_heads
     if source not in tensors:
         raise InputError(f"{tensors.folder}: tensor {source} is missing from the checkpoint")
     if tensors.shape(source) != shape:

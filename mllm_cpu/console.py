@@ -3,13 +3,69 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 out = Console()
 err = Console(stderr=True)
+
+
+@contextmanager
+def progress_bars(*columns: ProgressColumn, transient: bool = False) -> Iterator[Progress]:
+    """Progress bars on stderr that leave no empty line behind when no bar was shown (an early error)."""
+    bars = Progress(*columns, console=err, transient=transient)
+    with bars:
+        try:
+            yield bars
+        finally:
+            if not bars.tasks:  # stop quietly: rich ends a non-terminal display with a blank line
+                bars.live.transient = True
+                bars.live.stop()
+                bars.disable = True
+
+
+class RichConvertProgress:
+    """Draws one bar per output file: tensors written, or a spinner while llama.cpp quantizes."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def file_started(self, label: str, tensors: int | None) -> None:
+        description = label if tensors else f"{label} (llama.cpp quantizer)"
+        self.task = self.progress.add_task(description, total=tensors)
+
+    def tensor_written(self, name: str) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def file_finished(self, label: str) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, total=1, completed=1)
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+def convert_columns() -> tuple[ProgressColumn, ...]:
+    """The columns of conversion progress bars."""
+    return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def print_json(data: Any) -> None:
@@ -17,14 +73,44 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
-def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
-    """A rich table; numeric-looking columns are right-aligned."""
-    result = Table(title=title, title_justify="left")
-    for column in columns:
-        result.add_column(column, overflow="fold")
-    for row in rows:
-        result.add_row(*(str(cell) for cell in row))
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(\.\d+)?( ?[%a-zA-Z/]{1,4})?( ± \d[\d,]*(\.\d+)?)?")
+"""A numeric-looking cell: "4096", "146.30 MiB", "140.2M", "8.50", "12%", "61.1 ± 0.4"."""
+_NO_VALUE = {"", "-"}
+_UNBOUNDED = 1_000_000
+
+
+def table(
+    title: str | None,
+    columns: list[str],
+    rows: list[list[Any]],
+    *,
+    caption: str | None = None,
+    right: Collection[str] = (),
+) -> Table:
+    """A rich table; numeric-looking columns (and the columns named in `right`) are right-aligned.
+
+    Print it with `print_table`, which keeps rows whole when stdout is not a terminal.
+    """
+    cells = [[str(cell) for cell in row] for row in rows]
+    result = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for index, column in enumerate(columns):
+        values = [row[index] for row in cells if index < len(row) and row[index] not in _NO_VALUE]
+        numeric = bool(values) and all(_NUMBER.fullmatch(value) for value in values)
+        result.add_column(column, justify="right" if numeric or column in right else "left", overflow="fold")
+    for row in cells:
+        result.add_row(*row)
     return result
+
+
+def print_table(result: Table) -> None:
+    """Print a table on stdout; when stdout is not a terminal (a pipe, a file), as wide as its
+    rows need, so no cell is folded or cut and `| grep` finds every row whole."""
+    if out.is_terminal:
+        out.print(result)
+        return
+    natural = Measurement.get(out, out.options.update_width(_UNBOUNDED), result).maximum
+    width = max(out.width, natural, len(str(result.caption or "")))
+    Console(file=out.file, width=width, color_system=None).print(result)
 
 
 def human_bytes(count: float) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mllm_cpu.backend import Backend
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions
 from mllm_cpu.tasks import TASK_NAMES, get_preset
@@ -44,9 +45,13 @@ class CommandResult:
 
 
 class Conversation:
-    """The system prompt and the user/assistant turns so far, rendered by the model's chat template."""
+    """The system prompt and the user/assistant turns so far, rendered by the model's chat template.
 
-    def __init__(self, engine: Engine, options: SamplingOptions, system_prompt: str | None = None) -> None:
+    With a local Engine the oldest turns are dropped to fit the context; an endpoint's server
+    keeps its own context (a conversation that outgrows it gets the server's error; /reset).
+    """
+
+    def __init__(self, engine: Backend, options: SamplingOptions, system_prompt: str | None = None) -> None:
         self.engine = engine
         self.options = options
         self.system_prompt = system_prompt
@@ -58,20 +63,35 @@ class Conversation:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + self.turns
 
+    @property
+    def context_size(self) -> int | None:
+        """The local model's context in tokens; None for an endpoint."""
+        return self.engine.n_ctx if isinstance(self.engine, Engine) else None
+
+    def _local(self) -> Engine:
+        if not isinstance(self.engine, Engine):
+            raise TypeError("only a local model's context is fitted here")
+        return self.engine
+
     def reply_budget(self) -> int:
         """Tokens kept free for the reply when old turns must be dropped."""
-        return max(1, min(self.options.max_tokens, self.engine.n_ctx // 4))
+        return max(1, min(self.options.max_tokens, self._local().n_ctx // 4))
 
     def prompt_tokens(self) -> list[int]:
         """The conversation rendered and tokenized, ending with the assistant's turn header."""
-        return self.engine.tokenize(self.engine.render_chat(self.messages()))
+        engine = self._local()
+        return engine.tokenize(engine.render_chat(self.messages()))
 
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> Reply:
         """Add a user message and generate the assistant's reply (kept even when Ctrl-C cut it short)."""
         self.turns.append({"role": "user", "content": text})
         try:
-            tokens, dropped = self._fit_context()
-            generation = self.engine.generate(tokens, self.options, on_text)
+            if isinstance(self.engine, Engine):
+                tokens, dropped = self._fit_context()
+                generation = self.engine.generate(tokens, self.options, on_text)
+            else:
+                dropped = 0
+                generation = self.engine.chat(self.messages(), self.options, on_text)
         except BaseException:
             self.turns.pop()
             raise
@@ -82,17 +102,18 @@ class Conversation:
     def _fit_context(self) -> tuple[list[int], int]:
         """Drop the oldest turns until the prompt leaves room for a reply; the system prompt stays."""
         dropped = 0
+        n_ctx = self._local().n_ctx
         tokens = self.prompt_tokens()
-        while len(tokens) + self.reply_budget() > self.engine.n_ctx and len(self.turns) > 1:
+        while len(tokens) + self.reply_budget() > n_ctx and len(self.turns) > 1:
             del self.turns[0]
             if self.turns and self.turns[0]["role"] == "assistant":
                 del self.turns[0]
             dropped += 1
             tokens = self.prompt_tokens()
-        if len(tokens) >= self.engine.n_ctx:
+        if len(tokens) >= n_ctx:
             raise InputError(
                 f"the message needs {len(tokens)} tokens with the system prompt; "
-                f"the context holds {self.engine.n_ctx} (use a larger --ctx)"
+                f"the context holds {n_ctx} (use a larger --ctx)"
             )
         return tokens, dropped
 
@@ -148,16 +169,16 @@ def _parse_conversation(data: Any, path: Path) -> tuple[str | None, list[Message
     return system, turns
 
 
-def generation_stats(generation: Generation | None, n_ctx: int) -> str:
-    """One paragraph on the last reply: tokens, speed, prompt time and context use."""
+def generation_stats(generation: Generation | None, n_ctx: int | None) -> str:
+    """One paragraph on the last reply: tokens, speed, prompt time and context use (when `n_ctx` is known)."""
     if generation is None:
         return "no reply yet"
     used = generation.prompt_tokens + generation.generated_tokens
     return (
         f"last reply: {generation.generated_tokens} tokens in {generation.generation_seconds:.2f} s, "
         f"{generation.tokens_per_second:.1f} tokens/s (stopped by {generation.stop_reason}); "
-        f"prompt: {generation.prompt_tokens} tokens in {generation.prompt_seconds:.2f} s; "
-        f"context: {used}/{n_ctx} tokens"
+        f"prompt: {generation.prompt_tokens} tokens in {generation.prompt_seconds:.2f} s"
+        + (f"; context: {used}/{n_ctx} tokens" if n_ctx else "")
     )
 
 
@@ -174,7 +195,7 @@ def run_command(conversation: Conversation, line: str) -> CommandResult:
         conversation.reset()
         return CommandResult("conversation cleared")
     if command == "/stats":
-        return CommandResult(generation_stats(conversation.last, conversation.engine.n_ctx))
+        return CommandResult(generation_stats(conversation.last, conversation.context_size))
     if command == "/system":
         if not argument:
             return CommandResult(

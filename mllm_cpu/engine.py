@@ -7,18 +7,26 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import gguf
 import numpy as np
 
+from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.hardware import physical_cores
+from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.model_file import ModelFile, validate_model_file
+from mllm_cpu.prompt_format import Message, PromptFormat
+from mllm_cpu.stop_text import StopTextFilter
+
+if TYPE_CHECKING:
+    from mllm_cpu.drafting import CountingDraft, DraftStats
 
 DEFAULT_CONTEXT = 8192
-Message = dict[str, str]
 
 
 @dataclass
@@ -39,11 +47,11 @@ class SamplingOptions:
 
 
 _SAMPLING_KEYS = {
-    "temperature": "general.sampling.temp",
-    "top_p": "general.sampling.top_p",
-    "top_k": "general.sampling.top_k",
-    "min_p": "general.sampling.min_p",
-    "repeat_penalty": "general.sampling.penalty_repeat",
+    "temperature": gguf.Keys.General.SAMPLING_TEMP,
+    "top_p": gguf.Keys.General.SAMPLING_TOP_P,
+    "top_k": gguf.Keys.General.SAMPLING_TOP_K,
+    "min_p": gguf.Keys.General.SAMPLING_MIN_P,
+    "repeat_penalty": gguf.Keys.General.SAMPLING_PENALTY_REPEAT,
 }
 
 
@@ -58,6 +66,24 @@ def sampling_defaults(metadata: dict[str, Any]) -> SamplingOptions:
     return options
 
 
+class StopReason(str, Enum):
+    """Why a generation ended; the value is what --json output shows."""
+
+    EOS = "eos"
+    """The model wrote an end-of-generation token."""
+    LENGTH = "length"
+    """The token budget (--max-tokens) ran out."""
+    CONTEXT = "context"
+    """The context window filled up."""
+    BUDGET = "budget"
+    """The thinking budget (--budget) ran out after the final answer was written."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Generation:
     """The result of one generation."""
@@ -67,8 +93,10 @@ class Generation:
     generated_tokens: int
     prompt_seconds: float
     generation_seconds: float
-    stop_reason: str
+    stop_reason: StopReason
     token_ids: list[int] = field(default_factory=list)
+    draft: DraftStats | None = None
+    """What speculative decoding did (None without a draft or prompt lookup)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -78,22 +106,44 @@ class Generation:
         return (self.generated_tokens - 1) / self.generation_seconds
 
 
+def context_length(model: ModelFile, n_ctx: int | None = None) -> int:
+    """The context to run `model` with: `n_ctx`, or 8192 (or the model's trained length if shorter)."""
+    if n_ctx is not None and n_ctx < 64:
+        raise InputError(f"context length {n_ctx} is too small (at least 64)")
+    if n_ctx is not None and n_ctx > model.n_ctx_train:
+        raise InputError(f"context length {n_ctx} is more than the model's {model.n_ctx_train} tokens")
+    return n_ctx or min(DEFAULT_CONTEXT, model.n_ctx_train)
+
+
 class Engine:
     """A loaded model: chat-template rendering, tokenization and streaming generation."""
 
-    def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None) -> None:
-        """Validate and load a GGUF; `n_ctx` defaults to 8192 (or the model's trained length if shorter)."""
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int | None = None,
+        threads: int | None = None,
+        draft: Path | None = None,
+        lookup: int | None = None,
+        draft_tokens: int | None = None,
+    ) -> None:
+        """Validate and load a GGUF; `n_ctx` defaults to 8192 (or the model's trained length if shorter).
+
+        `draft` (a smaller GGUF with the same tokenizer) or `lookup` (n-gram prompt lookup,
+        proposing that many tokens) turn on speculative decoding; a draft model proposes
+        `draft_tokens` per round (default 4). See mllm_cpu/drafting.py.
+        """
         import llama_cpp
 
         self.model: ModelFile = validate_model_file(Path(path))
-        if n_ctx is not None and n_ctx < 64:
-            raise InputError(f"context length {n_ctx} is too small (at least 64)")
-        if n_ctx is not None and n_ctx > self.model.n_ctx_train:
-            raise InputError(f"context length {n_ctx} is more than the model's {self.model.n_ctx_train} tokens")
-        self.n_ctx = n_ctx or min(DEFAULT_CONTEXT, self.model.n_ctx_train)
+        self.n_ctx = context_length(self.model, n_ctx)
         self.threads = threads or physical_cores()
         if self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
+        if draft is not None and lookup is not None:
+            raise InputError("--draft and --lookup are two ways of drafting; give one of them")
+        self.drafting: CountingDraft | None = self._drafting(draft, lookup, draft_tokens)
         with captured_llama_log() as log:
             try:
                 self.llama = llama_cpp.Llama(
@@ -103,33 +153,33 @@ class Engine:
                     n_threads_batch=self.threads,
                     use_mmap=True,
                     verbose=False,
+                    draft_model=self.drafting,
+                    logits_all=self.drafting is not None,
                 )
             except ValueError:
                 raise InputError(f"llama.cpp could not load {path}: {last_error(log)}") from None
+        if self.drafting is not None:
+            from mllm_cpu.drafting import attach_draft
+
+            self.plain_tokens_per_second = attach_draft(self.llama, self.drafting, self.model.name)
         self._warm_up()
         self._vocab = self.llama._model.vocab
         self._is_eog = llama_cpp.llama_vocab_is_eog
         header = self.model.header
         self.stop_ids = {
             int(header.get(key))
-            for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+            for key in (gguf_keys.EOS_ID, gguf_keys.EOT_ID, gguf_keys.EOM_ID)
             if header.get(key) is not None
         }
-        self.chat_template: str | None = header.get("tokenizer.chat_template")
-        self._bos_text = self._token_text(header.get("tokenizer.ggml.bos_token_id"))
-        self._eos_text = self._token_text(header.get("tokenizer.ggml.eos_token_id"))
-        self._formatter: Any = None
+        self.prompt_format = PromptFormat(header, self.llama)
+        self.chat_template = self.prompt_format.chat_template
+        self._identity: ModelIdentity | None = None
 
     def _warm_up(self) -> None:
         """Evaluate one token and forget it, as llama.cpp's tools do: the first reply pays no start-up costs."""
-        bos = self.model.header.get("tokenizer.ggml.bos_token_id")
+        bos = self.model.header.get(gguf_keys.BOS_ID)
         self.llama.eval([int(bos) if bos is not None else 0])
         self.llama.reset()
-
-    def _token_text(self, token_id: Any) -> str:
-        if token_id is None:
-            return ""
-        return self.llama.detokenize([int(token_id)], special=True).decode("utf-8", errors="replace")
 
     def default_options(self) -> SamplingOptions:
         """The sampling defaults, with the file's `general.sampling.*` values applied."""
@@ -141,21 +191,11 @@ class Engine:
 
     def render_chat(self, messages: list[Message]) -> str:
         """The prompt text for a conversation, by the file's chat template."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        if not self.chat_template:
-            turns = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-            return f"{turns}assistant: "
-        if self._formatter is None:
-            self._formatter = Jinja2ChatFormatter(self.chat_template, self._eos_text, self._bos_text)
-        return self._formatter(messages=messages).prompt
+        return self.prompt_format.render(messages)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of a prompt; special tokens in the text are parsed, BOS added once."""
-        add_bos = bool(self.model.header.get("tokenizer.ggml.add_bos_token", True))
-        if self._bos_text and text.startswith(self._bos_text):
-            add_bos = False
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.prompt_format.tokenize(text)
 
     def generate(
         self,
@@ -177,10 +217,11 @@ class Engine:
             raise InputError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
         self.llama.set_seed(options.seed if options.seed is not None else random.randrange(2**31))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stop_text = StopTextFilter(self.prompt_format.stop_texts)
         pieces: list[str] = []
         generated: list[int] = []
         budget = min(options.max_tokens, self.n_ctx - len(tokens))
-        stop_reason = "length" if budget == options.max_tokens else "context"
+        stop_reason = StopReason.LENGTH if budget == options.max_tokens else StopReason.CONTEXT
         start = time.perf_counter()
         first_token_at = start
         if not reuse_prefix:
@@ -200,22 +241,26 @@ class Engine:
                 if not generated:
                     first_token_at = time.perf_counter()
                 if self.is_stop(token):
-                    stop_reason = "eos"
+                    stop_reason = StopReason.EOS
                     break
                 generated.append(token)
-                piece = decoder.decode(self.llama.detokenize([token], special=False))
+                piece, stopped = stop_text.feed(decoder.decode(self.llama.detokenize([token], special=False)))
                 if piece:
                     pieces.append(piece)
                     if on_text:
                         on_text(piece)
+                if stopped:
+                    stop_reason = StopReason.EOS
+                    break
                 if len(generated) >= budget:
                     break
         except KeyboardInterrupt:
-            stop_reason = "interrupted"
+            stop_reason = StopReason.INTERRUPTED
         finally:
             stream.close()
         end = time.perf_counter()
-        tail = decoder.decode(b"", final=True)
+        draft_stats = self.drafting.take_stats(len(generated)) if self.drafting is not None else None
+        tail = stop_text.feed(decoder.decode(b"", final=True))[0] + stop_text.flush()
         if tail:
             pieces.append(tail)
             if on_text:
@@ -228,7 +273,20 @@ class Engine:
             generation_seconds=end - first_token_at,
             stop_reason=stop_reason,
             token_ids=generated,
+            draft=draft_stats,
         )
+
+    def _drafting(self, draft: Path | None, lookup: int | None, draft_tokens: int | None) -> CountingDraft | None:
+        """The counting draft for `--draft` or `--lookup`, None without either."""
+        if draft is None and lookup is None:
+            return None
+        from mllm_cpu.drafting import DEFAULT_DRAFT_TOKENS, CountingDraft, DraftModel, lookup_draft
+
+        if lookup is not None:
+            return CountingDraft(lookup_draft(lookup), f"lookup {lookup}")
+        assert draft is not None
+        model = DraftModel(draft, n_ctx=self.n_ctx, threads=self.threads, tokens=draft_tokens or DEFAULT_DRAFT_TOKENS)
+        return CountingDraft(model, f"draft {Path(draft).name}")
 
     def _bias_processor(self, logit_bias: dict[int, float]) -> Any:
         """A llama-cpp-python logits processor adding `logit_bias` (token id -> bias), or None."""
@@ -254,6 +312,14 @@ class Engine:
         messages: list[Message],
         options: SamplingOptions | None = None,
         on_text: Callable[[str], None] | None = None,
+        *,
+        reuse_prefix: bool = True,
     ) -> Generation:
-        """Generate the assistant's reply to a conversation."""
-        return self.generate(self.render_chat(messages), options, on_text)
+        """Generate the assistant's reply to a conversation (see `generate` for `reuse_prefix`)."""
+        return self.generate(self.render_chat(messages), options, on_text, reuse_prefix=reuse_prefix)
+
+    def identity(self) -> ModelIdentity:
+        """The loaded file's name, size and content fingerprint."""
+        if self._identity is None:
+            self._identity = file_identity(self.model.path)
+        return self._identity

@@ -2,7 +2,7 @@
 
 This is containment for the mistakes of a small model (an endless loop, a runaway
 allocation, a stray file write or `rm`), not a security boundary: code that sets out to
-escape (through ctypes, an inherited descriptor, or a flaw in CPython) can. Run
+escape (through an inherited descriptor, a C extension, or a flaw in CPython) can. Run
 untrusted code from others in a container or VM.
 
 What the child gets:
@@ -16,7 +16,10 @@ What the child gets:
   creating, removing, renaming, linking, chmod/chown/utime and the shutil file operations
   outside the temporary directory (`/dev/null`, `/dev/stdout` and `/dev/stderr` excepted);
   starting processes (subprocess, os.system, exec, spawn, fork); network connections and
-  binds; and signals to other processes. Already-open file descriptors are not checked.
+  binds; signals to other processes; and ctypes (loading libraries, calling C functions,
+  reading raw memory), which would bypass every other check. Already-open file
+  descriptors are not checked.
+- a traceback without the sandbox's own frames: only the code's lines are shown.
 
 The temporary directory is removed afterwards.
 """
@@ -44,6 +47,7 @@ _SOLUTION_NAME = "solution.py"
 _PRELUDE = r"""
 import os
 import sys
+import traceback
 
 
 def _install_guard(root):
@@ -120,6 +124,8 @@ def _install_guard(root):
             refuse(event, "(starting processes and networking are not allowed)")
         elif event in ("os.kill", "os.killpg") and args[0] not in (own_pid, 0):
             refuse(event, args[0])
+        elif event.startswith("ctypes."):
+            refuse(event, "(ctypes is not allowed)")
 
     sys.addaudithook(hook)
 
@@ -128,8 +134,26 @@ _solution = os.path.realpath(sys.argv[1])
 sys.argv = [_solution]
 with open(_solution, encoding="utf-8") as _file:
     _code = compile(_file.read(), _solution, "exec")
+
+
+def _without_sandbox_frames(report):
+    report.stack = traceback.StackSummary.from_list([f for f in report.stack if f.filename != "<string>"])
+    for linked in (report.__cause__, report.__context__):
+        if linked is not None:
+            _without_sandbox_frames(linked)
+    return report
+
+
 _install_guard(os.path.dirname(_solution))
-exec(_code, {"__name__": "__main__", "__file__": _solution, "__builtins__": __builtins__})
+try:
+    exec(_code, {"__name__": "__main__", "__file__": _solution, "__builtins__": __builtins__})
+except SystemExit:
+    raise
+except BaseException as _error:
+    _report = _without_sandbox_frames(traceback.TracebackException.from_exception(_error))
+    sys.stderr.write("".join(_report.format()))
+    sys.stderr.flush()
+    os._exit(1)
 """
 
 

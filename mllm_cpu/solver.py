@@ -7,8 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mllm_cpu.answers import answers_match, extract_answer
+from mllm_cpu.backend import Backend
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, Message, SamplingOptions
+from mllm_cpu.budget import ThinkingBudget, answer_start, generate_with_budget, split_tokens
+from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions, StopReason
 from mllm_cpu.sandbox import SandboxResult, run_python
 from mllm_cpu.tasks import AnswerKind, TaskPreset, detect_task, get_preset
 
@@ -30,7 +32,15 @@ class Solution:
     tokens_per_second: float
     prompt_seconds: float
     generation_seconds: float
-    stop_reason: str
+    stop_reason: StopReason
+    forced: bool = False
+    """True when the thinking budget ran out and the answer was forced."""
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    acceptance_rate: float | None = None
+    """Share of drafted tokens the model kept (with --draft or --lookup)."""
+    speedup: float | None = None
+    """Generation speed over the model's plain decoding speed (with --draft or --lookup)."""
 
     @property
     def seconds(self) -> float:
@@ -44,6 +54,9 @@ class Solution:
         data["prompt_seconds"] = round(self.prompt_seconds, 3)
         data["generation_seconds"] = round(self.generation_seconds, 3)
         data["seconds"] = round(self.seconds, 3)
+        for name in ("acceptance_rate", "speedup"):
+            if data[name] is not None:
+                data[name] = round(data[name], 3)
         return data
 
 
@@ -60,22 +73,47 @@ def problem_messages(problem: str, preset: TaskPreset) -> list[Message]:
 
 
 def solve(
-    engine: Engine,
+    engine: Backend,
     problem: str,
     task: str = AUTO_TASK,
     options: SamplingOptions | None = None,
     on_text: Callable[[str], None] | None = None,
     *,
     reuse_prefix: bool = True,
+    budget: int | None = None,
+    answer_tokens: int | None = None,
 ) -> Solution:
-    """Generate a solution to `problem` and extract its final answer (boxed value or code block)."""
+    """Generate a solution to `problem` and extract its final answer (boxed value or code block).
+
+    With a thinking `budget` (tokens), the reasoning is cut there and an answer forced within
+    `answer_tokens` (default: the task's); see mllm_cpu/budget.py. Needs a local model.
+    """
     if not problem.strip():
         raise InputError("the problem is empty")
     preset = choose_task(task, problem)
-    generation = engine.generate(
-        engine.render_chat(problem_messages(problem, preset)), options, on_text, reuse_prefix=reuse_prefix
-    )
+    messages = problem_messages(problem, preset)
+    forced = False
+    if budget is not None:
+        if not isinstance(engine, Engine):
+            raise InputError("--budget needs a local model, not an --endpoint")
+        limits = ThinkingBudget(budget, answer_tokens or preset.answer_tokens)
+        budgeted = generate_with_budget(
+            engine,
+            engine.render_chat(messages),
+            preset,
+            limits,
+            options or engine.default_options(),
+            on_text,
+            reuse_prefix=reuse_prefix,
+        )
+        generation, forced = budgeted.generation, budgeted.forced
+        reasoning, answer_count = budgeted.reasoning_tokens, budgeted.answer_tokens
+    else:
+        generation = engine.chat(messages, options, on_text, reuse_prefix=reuse_prefix)
+        reasoning, answer_count = _split(engine, generation, preset)
     answer = extract_answer(generation.text, preset)
+    stats = generation.draft
+    plain = getattr(engine, "plain_tokens_per_second", 0.0)
     return Solution(
         problem=problem,
         task=preset.name,
@@ -89,7 +127,21 @@ def solve(
         prompt_seconds=generation.prompt_seconds,
         generation_seconds=generation.generation_seconds,
         stop_reason=generation.stop_reason,
+        forced=forced,
+        reasoning_tokens=reasoning,
+        answer_tokens=answer_count,
+        acceptance_rate=stats.acceptance_rate if stats is not None else None,
+        speedup=generation.tokens_per_second / plain if stats is not None and plain > 0 else None,
     )
+
+
+def _split(engine: Backend, generation: Generation, preset: TaskPreset) -> tuple[int, int]:
+    """(reasoning, answer) tokens: exact for a local model, by share of the text for an endpoint."""
+    if isinstance(engine, Engine):
+        return split_tokens(engine, generation, preset)
+    share = answer_start(generation.text, preset) / len(generation.text) if generation.text else 1.0
+    reasoning = round(generation.generated_tokens * share)
+    return reasoning, generation.generated_tokens - reasoning
 
 
 def is_correct(solution: Solution, expected: str) -> bool:

@@ -10,6 +10,11 @@ from mllm_cpu.core.errors import InputError
 
 AnswerKind = Literal["boxed", "code"]
 
+END_OF_REASONING = "</think>"
+"""The marker R1-style models write when their reasoning ends."""
+BOXED_ANSWER_CUE = "\n\nFinal answer: \\boxed{"
+"""Appended when a thinking budget runs out: ends the reasoning and opens a boxed answer."""
+
 
 @dataclass(frozen=True)
 class TaskPreset:
@@ -19,6 +24,8 @@ class TaskPreset:
     system_prompt: str
     answer_kind: AnswerKind
     language: str | None = None
+    answer_cue: str = BOXED_ANSWER_CUE
+    answer_tokens: int = 64
 
 
 def _code_prompt(language_name: str, fence: str) -> str:
@@ -41,12 +48,16 @@ PRESETS: dict[str, TaskPreset] = {
         system_prompt=_code_prompt("python", "python"),
         answer_kind="code",
         language="python",
+        answer_cue="\n\nFinal solution:\n```python\n",
+        answer_tokens=512,
     ),
     "cpp": TaskPreset(
         name="cpp",
         system_prompt=_code_prompt("c++", "cpp"),
         answer_kind="code",
         language="cpp",
+        answer_cue="\n\nFinal solution:\n```cpp\n",
+        answer_tokens=512,
     ),
     "science": TaskPreset(
         name="science",

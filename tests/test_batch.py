@@ -13,9 +13,10 @@ import pytest
 
 from cli_runner import MLLM_CPU, run_cli
 from forcing import forcing_options
-from mllm_cpu.batch import TIMING_FIELDS, BatchProgress, read_results, run_batch, summarize
+from mllm_cpu.batch import TIMING_FIELDS, BatchProgress, BatchRecord, read_results, run_batch, summarize
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.identity import file_identity
 from mllm_cpu.problems import load_problems
 
 HUMANEVAL = {
@@ -44,8 +45,8 @@ def _many_problems(path: Path, count: int) -> Path:
     )
 
 
-def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{key: value for key, value in record.items() if key not in TIMING_FIELDS} for record in records]
+def _without_timing(records: list[BatchRecord]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in record.to_dict().items() if key not in TIMING_FIELDS} for record in records]
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +60,15 @@ def test_records_are_graded_by_kind(engine: Engine, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     seen: list[BatchProgress] = []
     records = run_batch(engine, problems, out, options=forcing_options(engine, "\\boxed{42}"), on_record=seen.append)
-    by_id = {record["id"]: record for record in records}
-    assert [record["id"] for record in records] == ["1", "2", "3", "HumanEval/0", "free"]
-    assert by_id["1"]["correct"] is True and by_id["1"]["answer"] == "42" and by_id["1"]["kind"] == "gsm8k"
-    assert by_id["2"]["correct"] is False
-    assert by_id["3"]["correct"] is True and by_id["3"]["kind"] == "math"
+    by_id = {record.id: record for record in records}
+    assert [record.id for record in records] == ["1", "2", "3", "HumanEval/0", "free"]
+    assert by_id["1"].correct is True and by_id["1"].answer == "42" and by_id["1"].kind == "gsm8k"
+    assert by_id["2"].correct is False
+    assert by_id["3"].correct is True and by_id["3"].kind == "math"
     humaneval = by_id["HumanEval/0"]
-    assert humaneval["task"] == "python" and humaneval["correct"] is False
-    assert "code block" in humaneval["error"]
-    assert by_id["free"]["correct"] is None
+    assert humaneval.task == "python" and humaneval.correct is False
+    assert humaneval.error is not None and "code block" in humaneval.error
+    assert by_id["free"].correct is None
     assert read_results(out) == records
     assert [(p.done, p.graded, p.correct) for p in seen] == [(1, 1, 1), (2, 2, 1), (3, 3, 2), (4, 4, 2), (5, 4, 2)]
     assert seen[-1].accuracy == 0.5
@@ -89,7 +90,7 @@ def test_resume_after_ctrl_c_and_a_torn_line_matches_an_uninterrupted_run(engine
 
     with pytest.raises(KeyboardInterrupt):
         run_batch(engine, problems, partial, options=options, on_record=interrupt_after_two)
-    assert [record["id"] for record in read_results(partial)] == ["q0", "q1"]
+    assert [record.id for record in read_results(partial)] == ["q0", "q1"]
     with partial.open("a", encoding="utf-8") as file:
         file.write('{"id": "q2", "kind": "gsm8k", "answ')
     resumed = run_batch(engine, problems, partial, options=options)
@@ -132,8 +133,13 @@ def test_ctrl_c_in_the_middle_of_a_problem_writes_nothing_for_it(engine: Engine,
 def test_bad_results_file_and_duplicate_ids(engine: Engine, tmp_path: Path) -> None:
     problems = load_problems(_many_problems(tmp_path / "problems.jsonl", 2))
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": "q0"}\nnot json\n{"id": "q1"}\n', encoding="utf-8")
+    run_batch(engine, problems[:1], out, options=SamplingOptions(seed=1, max_tokens=2))
+    with out.open("a", encoding="utf-8") as file:
+        file.write('not json\n{"id": "q1"}\n')
     with pytest.raises(InputError, match=r"out\.jsonl:2: not a results record"):
+        run_batch(engine, problems, out, options=SamplingOptions(seed=1, max_tokens=2))
+    out.write_text('{"id": "q0", "kind": "gsm8k", "answer": "0"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"out\.jsonl:1: not a results record of this mllm-cpu \(no model"):
         run_batch(engine, problems, out)
     duplicated = load_problems(
         _write_jsonl(tmp_path / "dup.jsonl", [{"id": 1, "question": "a"}, {"id": 1, "question": "b"}])
@@ -172,7 +178,7 @@ def test_cli_batch_killed_by_ctrl_c_resumes_to_the_same_file(synthetic_tiny_gguf
 
     resumed = run_cli("solve", "--file", str(problems_path), "--out", str(interrupted), *flags)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {len(finished)} of 8" in resumed.stderr
+    assert f"resuming: {len(finished)} of 8 problems already there" in resumed.stderr
     whole = tmp_path / "whole.jsonl"
     assert run_cli("solve", "--file", str(problems_path), "--out", str(whole), *flags).returncode == 0
     assert _without_timing(read_results(interrupted)) == _without_timing(read_results(whole))
@@ -197,10 +203,12 @@ def test_cli_batch_json_summary(synthetic_tiny_gguf: Path, tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["results"] == str(tmp_path / "mixed-results.jsonl")
+    results = tmp_path / f"mixed-results-{synthetic_tiny_gguf.stem}.jsonl"
+    assert summary["results"] == str(results)
+    assert summary["model"] == file_identity(synthetic_tiny_gguf).to_dict()
     assert summary["finished"] == 5 and summary["interrupted"] is False
     assert {row["kind"] for row in summary["summary"]} == {"gsm8k", "math", "humaneval", "plain", "all"}
-    assert len(read_results(tmp_path / "mixed-results.jsonl")) == 5
+    assert len(read_results(results)) == 5
 
 
 def test_cli_batch_rejects_malformed_jsonl(synthetic_tiny_gguf: Path, tmp_path: Path) -> None:

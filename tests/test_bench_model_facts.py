@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 
 from mllm_cpu.bench.boards import BOARDS, Board, fit_check, kv_cache_bytes, padded_context, parse_board
-from mllm_cpu.bench.llama_session import MIB, ContextSettings, loaded_model, open_context
+from mllm_cpu.bench.llama_session import ContextSettings, loaded_model, open_context
 from mllm_cpu.bench.memory import measure_memory
 from mllm_cpu.bench.roofline import bytes_per_token
 from mllm_cpu.convert.gguf_header import read_gguf_header
+from mllm_cpu.convert.layout import gguf_tensor_shapes, hf_tensor_shapes
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
-from mllm_cpu.convert.synthetic import hf_tensor_shapes, synthetic_spec, write_synthetic_checkpoint
+from mllm_cpu.convert.synthetic import synthetic_spec, write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import MIB
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import validate_model_file
 
-TABLE = {  # MOBILELLM_R1.md: layers, heads, KV heads, dim, FFN, exact parameters
+TABLE = {  # the published model cards: layers, heads, KV heads, dim, FFN, exact parameters
     "140m": (15, 9, 3, 576, 2048, 140_250_432),
     "360m": (15, 16, 4, 1024, 4096, 359_433_088),
     "950m": (22, 24, 6, 1536, 6144, 949_688_576),
@@ -34,32 +36,11 @@ def gguf_140m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_checkpoint(folder, parse_quant_list("q8_0"), parent)[0].summary.path
 
 
-def expected_gguf_shapes(n_layer: int, n_head: int, n_head_kv: int, dim: int, ffn: int) -> dict[str, tuple[int, ...]]:
-    """The qwen3 tensors in ggml order (fastest dimension first), tied output."""
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (dim, VOCAB), "output_norm.weight": (dim,)}
-    for i in range(n_layer):
-        shapes.update(
-            {
-                f"blk.{i}.attn_norm.weight": (dim,),
-                f"blk.{i}.ffn_norm.weight": (dim,),
-                f"blk.{i}.attn_q.weight": (dim, n_head * HEAD_DIM),
-                f"blk.{i}.attn_k.weight": (dim, n_head_kv * HEAD_DIM),
-                f"blk.{i}.attn_v.weight": (dim, n_head_kv * HEAD_DIM),
-                f"blk.{i}.attn_output.weight": (n_head * HEAD_DIM, dim),
-                f"blk.{i}.attn_q_norm.weight": (HEAD_DIM,),
-                f"blk.{i}.attn_k_norm.weight": (HEAD_DIM,),
-                f"blk.{i}.ffn_gate.weight": (dim, ffn),
-                f"blk.{i}.ffn_up.weight": (dim, ffn),
-                f"blk.{i}.ffn_down.weight": (ffn, dim),
-            }
-        )
-    return shapes
-
-
 def test_synthetic_140m_gguf_has_the_exact_shapes_and_parameters(gguf_140m: Path) -> None:
-    *shape, parameters = TABLE["140m"]
+    n_layer, n_head, n_head_kv, dim, ffn, parameters = TABLE["140m"]
     header = read_gguf_header(gguf_140m)
-    assert {t.name: t.shape for t in header.tensors} == expected_gguf_shapes(*shape)
+    expected = gguf_tensor_shapes(n_layer, dim, n_head, n_head_kv, HEAD_DIM, ffn, VOCAB, tied=True)
+    assert {t.name: t.shape for t in header.tensors} == expected
     assert sum(t.n_elements for t in header.tensors) == parameters
     with loaded_model(gguf_140m) as model:
         assert model.n_params == parameters
@@ -80,7 +61,7 @@ def test_synthetic_specs_match_the_table(size: str) -> None:
         HEAD_DIM,
         VOCAB,
     )
-    hf_parameters = sum(int(np.prod(shape)) for shape in hf_tensor_shapes(spec).values())
+    hf_parameters = sum(int(np.prod(shape)) for shape in hf_tensor_shapes(spec, tied=True).values())
     q_k_norm_weights = 2 * HEAD_DIM * n_layer
     assert hf_parameters + q_k_norm_weights == spec.parameter_count == parameters
 

@@ -10,15 +10,19 @@ import pytest
 
 from mllm_cpu.bench.llama_session import LoadedModel, loaded_model
 from mllm_cpu.bench.speed import (
+    CHAT_PROBLEM,
     SpeedSamples,
     SpeedTest,
     chat_prompt_text,
+    prompt_format,
     run_speed_test,
     speed_tests,
     time_to_first_token,
-    tokenize,
 )
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.engine import Engine
+from mllm_cpu.solver import problem_messages
+from mllm_cpu.tasks import get_preset
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +57,23 @@ def test_statistics_are_llama_benchs() -> None:
 
 
 def test_time_to_first_token_uses_the_chat_template(tiny_model: LoadedModel) -> None:
-    text = chat_prompt_text(tiny_model)
+    prompts = prompt_format(tiny_model)
+    text = chat_prompt_text(prompts)
     assert "reason step by step" in text and "<|start_header_id|>" in text
     first = time_to_first_token(tiny_model, threads=1, n_ctx=256, repetitions=2)
-    assert first.prompt_tokens == len(tokenize(tiny_model, text)) > 20
+    tokens = prompts.tokenize(text)
+    assert first.prompt_tokens == len(tokens) > 20
     assert len(first.samples_ns) == 2 and min(first.samples_ns) > 0
-    assert tokenize(tiny_model, text).count(tiny_model.bos) == 1
+    assert tokens.count(tiny_model.bos) == 1 and tokens[0] == tiny_model.bos
+
+
+def test_time_to_first_token_tokenizes_as_the_engine(synthetic_tiny_gguf: Path, tiny_model: LoadedModel) -> None:
+    prompts = prompt_format(tiny_model)
+    text = chat_prompt_text(prompts)
+    engine = Engine(synthetic_tiny_gguf, n_ctx=256, threads=1)
+    messages = problem_messages(CHAT_PROBLEM, get_preset("math"))
+    assert engine.render_chat(messages) == text
+    assert engine.tokenize(text) == prompts.tokenize(text)
 
 
 def test_speed_tests_follow_llama_benchs_order() -> None:

@@ -30,6 +30,8 @@ from checkpoints import (
     reference_greedy,
     reference_logits,
 )
+from mllm_cpu.convert.layout import hf_tensor_shapes
+from mllm_cpu.convert.model_spec import spec_from_config
 
 PROMPT_IDS = [BOS_ID, 5, 300, 41, 700, 12, 99, 512, 3, 260, 88, 640]
 
@@ -76,26 +78,12 @@ def test_config_has_mobilellm_r1_keys(tiny: Path) -> None:
     assert generation["eos_token_id"] == EOS_IDS
 
 
-def test_weights_are_dense_llama4_names(tiny: Path) -> None:
+def test_weights_are_the_layouts_dense_llama4_tensors(tiny: Path) -> None:
+    """transformers writes exactly the HF names and shapes convert/layout.py maps from."""
     stored = _stored_tensors(tiny)
-    expected = {"model.embed_tokens.weight", "model.norm.weight"}
-    for layer in range(TINY.num_hidden_layers):
-        prefix = f"model.layers.{layer}."
-        expected |= {
-            prefix + name + ".weight"
-            for name in (
-                "input_layernorm",
-                "post_attention_layernorm",
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "feed_forward.gate_proj",
-                "feed_forward.up_proj",
-                "feed_forward.down_proj",
-            )
-        }
-    assert set(stored) == expected
+    spec = spec_from_config(json.loads((tiny / "config.json").read_text()))
+    expected = hf_tensor_shapes(spec, tied=True)
+    assert {name: tuple(shape) for name, (_, shape) in stored.items()} == expected
     assert stored["model.layers.0.feed_forward.gate_proj.weight"][1] == [TINY.intermediate_size, TINY.hidden_size]
     assert stored["model.layers.0.self_attn.k_proj.weight"][1] == [TINY.num_key_value_heads * 64, TINY.hidden_size]
     assert {dtype for dtype, _ in stored.values()} == {"F32"}

@@ -112,18 +112,19 @@ def test_bad_options(args: list[str], message: str, good_checkpoint: Path, tmp_p
     assert files_in(tmp_path / "out") == []
 
 
-def test_existing_output_needs_force(good_checkpoint: Path, tmp_path: Path) -> None:
+def test_existing_output_is_kept_and_force_redoes_it(good_checkpoint: Path, tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     first = run_cli("convert", str(good_checkpoint), "--outdir", str(outdir), "--quant", "q8_0")
     assert first.returncode == 0, first.stderr
     [written] = outdir.glob("*.gguf")
-    before = written.read_bytes()
+    before = written.stat().st_mtime_ns
     again = run_cli("convert", str(good_checkpoint), "--outdir", str(outdir), "--quant", "f16,q8_0")
-    assert again.returncode == 2
-    assert error_lines(again) == [f"error: {written} already exists (use --force to overwrite)"]
-    assert files_in(outdir) == [written.name] and written.read_bytes() == before
+    assert again.returncode == 0, again.stderr
+    assert f"kept {written.name} (already converted; --force redoes it)" in again.stderr
+    assert len(files_in(outdir)) == 2 and written.stat().st_mtime_ns == before
     forced = run_cli("convert", str(good_checkpoint), "--outdir", str(outdir), "--quant", "f16,q8_0", "--force")
     assert forced.returncode == 0, forced.stderr
+    assert "kept" not in forced.stderr and written.stat().st_mtime_ns != before
     assert len(files_in(outdir)) == 2
 
 
@@ -143,6 +144,9 @@ class _InterruptAfter:
             raise KeyboardInterrupt
 
     def file_finished(self, label: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
         pass
 
 

@@ -16,9 +16,10 @@ from transformers import AutoTokenizer
 from checkpoints import BOS_ID, EOM_ID, EOT_ID, TINY_GQA2, TOKENIZER_CORPUS, build_checkpoint, load_tokenizer
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary
+from mllm_cpu.convert.layout import hf_tensor_shapes
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_embedding_type, parse_quant_list
-from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS, hf_tensor_shapes
+from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS
 from mllm_cpu.engine import Engine
 
 
@@ -112,7 +113,10 @@ def test_synthetic_specs_have_the_published_parameter_counts(size: str) -> None:
     spec = SYNTHETIC_SPECS[size]
     assert spec.parameter_count == expected
     qk_norm_weights = 2 * spec.head_dim * spec.n_layer
-    assert sum(int(np.prod(s)) for s in hf_tensor_shapes(spec).values()) + qk_norm_weights == expected
+    assert (
+        sum(int(np.prod(s)) for s in hf_tensor_shapes(spec, tied=spec.tied_embeddings).values()) + qk_norm_weights
+        == expected
+    )
 
 
 def _llama_vocab(path: Path) -> llama_cpp.Llama:

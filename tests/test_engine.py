@@ -209,9 +209,9 @@ def _bad_magic(source: Path, target: Path) -> Path:
 BAD_FILES = {
     "truncated": (lambda good, folder: _truncated(good, folder / "half.gguf"), "truncated"),
     "wrong magic": (lambda good, folder: _bad_magic(good, folder / "magic.gguf"), "not a GGUF file (bad magic"),
-    "unsupported architecture": (
-        lambda good, folder: _write_gguf(folder / "llama.gguf", "llama", {}),
-        "unsupported architecture llama",
+    "unknown architecture": (
+        lambda good, folder: _write_gguf(folder / "mystery.gguf", "mystery", {}),
+        "unknown architecture 'mystery'",
     ),
     "llama4 with zero experts": (
         lambda good, folder: _write_gguf(folder / "llama4.gguf", "llama4", {"llama4.expert_count": 0}),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-from cli_runner import run_cli
+from cli_runner import MLLM_CPU, run_cli
+from mllm_cpu.console import print_table, table
 from mllm_cpu.model_info import describe_model, store_listing
 
 
@@ -53,23 +56,24 @@ def test_models_with_an_empty_store_says_how_to_get_one() -> None:
 def test_models_lists_the_store(stored_tiny: Path) -> None:
     (stored_tiny.parent / "broken.gguf").write_bytes(b"GGUF" + b"\x00" * 40)
     rows = store_listing()
-    assert [row["name"] for row in rows] == ["MobileLLM-R1-tiny-synthetic-17M-Q8_0", "broken"]
+    assert [row.name for row in rows] == ["MobileLLM-R1-tiny-synthetic-17M-Q8_0", "broken"]
     tiny = rows[0]
-    assert tiny["quant"] == "Q8_0" and tiny["context_length"] == 4096
-    assert tiny["source_architecture"] == "Llama4ForCausalLM"
-    assert tiny["bytes"] == stored_tiny.stat().st_size and tiny["parameters"] > 16_000_000
-    assert "broken.gguf" in rows[1]["error"]
+    assert tiny.quant == "Q8_0" and tiny.context_length == 4096
+    assert tiny.source_architecture == "Llama4ForCausalLM"
+    assert tiny.bytes == stored_tiny.stat().st_size and tiny.parameters > 16_000_000
+    assert rows[1].error is not None and "broken.gguf" in rows[1].error
+    assert set(rows[1].to_dict()) == {"name", "file", "error"}
 
     result = run_cli("models")
     assert result.returncode == 0, result.stderr
     for text in ("MobileLLM-R1-tiny-synthetic-17M-Q8_0", "Q8_0", "4096", "Llama4ForCausalLM", "unreadable"):
         assert text in result.stdout
     listed = json.loads(run_cli("models", "--json").stdout)
-    assert listed == json.loads(json.dumps(rows))
+    assert listed == json.loads(json.dumps([row.to_dict() for row in rows]))
 
 
 def test_info_shows_the_metadata(stored_tiny: Path) -> None:
-    details = describe_model(stored_tiny)
+    details = describe_model(stored_tiny).to_dict()
     assert details["architecture"] == "qwen3"
     assert details["description"] == "MobileLLM-R1 (Llama4 dense), run as qwen3"
     assert details["vocab_size"] == 128256 and details["context_length"] == 4096
@@ -118,3 +122,38 @@ def test_info_errors(argument: str, message: str) -> None:
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_piped_listing_keeps_every_long_row_whole(
+    stored_tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`mllm-cpu models | grep NAME` finds each row, whole, however long the names and however narrow COLUMNS is."""
+    monkeypatch.setenv("COLUMNS", "80")
+    names = [f"MobileLLM-R1-{'long-' * 24}{index}-Q8_0" for index in range(3)]
+    for name in names:
+        (stored_tiny.parent / f"{name}.gguf").hardlink_to(stored_tiny)
+    for name in names:
+        piped = subprocess.run(
+            f"{shlex.quote(MLLM_CPU)} models | grep -F -- {shlex.quote(name)}",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert piped.returncode == 0, piped.stderr
+        [line] = piped.stdout.splitlines()
+        assert len(line) > 80
+        for cell in ("Q8_0", "MiB", "4096", "Llama4ForCausalLM"):
+            assert cell in line, line
+
+
+def test_tables_right_align_numeric_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [["a", "1.00 KiB", "Q8_0", "4096"], ["bb", "146.30 MiB", "F16", "-"], ["c", "12 B", "Q4_K_M", "32768"]]
+    print_table(table("t", ["name", "size", "quant", "context"], rows))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert len(lines) == 3
+    cells = [line.strip("│").split("│") for line in lines]
+    assert len({len(row[1].rstrip()) for row in cells}) == 1, "sizes end at one column"
+    assert len({len(row[1].lstrip()) for row in cells}) == 3, "so they start at different ones"
+    assert len({len(row[2]) - len(row[2].lstrip()) for row in cells}) == 1, "quant types start at one column"
+    assert len({len(row[3].rstrip()) for row in cells}) == 1, "contexts end at one column, the '-' too"

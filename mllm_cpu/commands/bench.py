@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
+from mllm_cpu.bench.endpoint import (
+    EndpointRun,
+    endpoint_caption,
+    endpoint_rows,
+    render_endpoint,
+    run_endpoint_benchmark,
+)
 from mllm_cpu.bench.report import (
     FORMATS,
     caption,
@@ -24,10 +35,12 @@ from mllm_cpu.bench.report import (
 )
 from mllm_cpu.bench.runner import BenchOptions, resolve_models, run_benchmark
 from mllm_cpu.bench.synthetic_models import parse_sizes
-from mllm_cpu.commands.convert import RichConvertProgress
-from mllm_cpu.console import err, out
+from mllm_cpu.commands.options import Flags, with_options
+from mllm_cpu.console import RichConvertProgress, err, print_table
+from mllm_cpu.convert.atomic_file import ensure_writable_file
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import comma_list
 from mllm_cpu.store import DEFAULT_QUANT
 
 
@@ -36,8 +49,8 @@ class RichBenchProgress(RichConvertProgress):
 
     def __init__(self, progress: Progress) -> None:
         super().__init__(progress)
-        self.bench_task: int | None = None
-        self.note_task: int | None = None
+        self.bench_task: TaskID | None = None
+        self.note_task: TaskID | None = None
 
     def begin(self, total_steps: int) -> None:
         if self.note_task is not None:
@@ -60,10 +73,21 @@ class RichBenchProgress(RichConvertProgress):
             self.progress.update(self.note_task, description=text)
 
 
+def _report_endpoints(run: EndpointRun, output_format: str | None, out_file: Path | None) -> None:
+    """An endpoint run in the chosen format, on stdout or into --out, else as a table."""
+    if output_format and out_file is None:
+        print(render_endpoint(run, output_format), end="")
+        return
+    if output_format and out_file is not None:
+        write_report(render_endpoint(run, output_format), out_file)
+        err.print(f"wrote {out_file}", highlight=False)
+    print_table(rich_table("Serving speed", *endpoint_rows(run), note=endpoint_caption(run)))
+
+
 def int_list(text: str, option: str) -> list[int]:
     """ "1,2,4" -> [1, 2, 4]; anything else is an InputError naming the option."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in comma_list(text)]
     except ValueError:
         raise InputError(f"{option} takes comma-separated integers, got {text!r}") from None
     if not values:
@@ -85,6 +109,7 @@ def _output_format(json_output: bool, csv_output: bool, md_output: bool, out_fil
     raise InputError(f"--out {out_file}: say the format with --json, --csv or --md (or use a .json/.csv/.md name)")
 
 
+@with_options("endpoint", "api_key", repeat=("endpoint",))
 def bench(
     models: Annotated[
         list[str] | None, typer.Argument(help="GGUF files, store names or checkpoint folders.", show_default=False)
@@ -120,9 +145,35 @@ def bench(
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV output, one row per test.")] = False,
     md_output: Annotated[bool, typer.Option("--md", help="Markdown tables.")] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the chosen format to this file.")] = None,
+    concurrency: Annotated[str, typer.Option(help="With --endpoint: requests sent at once, comma list.")] = "1,2,4,8",
+    *,
+    flags: Flags,
 ) -> None:
-    """Measure pp/tg tokens per second (as llama-bench), load time, peak memory, TTFT and fit."""
+    """Measure pp/tg tokens per second (as llama-bench), load time, peak memory, TTFT and fit.
+
+    With --endpoint, measure OpenAI-compatible servers instead: time to first token, per-request
+    and aggregate decode t/s at each --concurrency (MODELS then names the served model).
+    """
     output_format = _output_format(json_output, csv_output, md_output, out_file)
+    if flags.endpoints:
+        if synthetic is not None or len(models or []) > 1:
+            raise InputError("with --endpoint, name at most one served model (no --synthetic)")
+        if out_file is not None:
+            ensure_writable_file(out_file, "--out")
+        gens = int_list(n_gen, "-n/--n-gen")
+        levels = int_list(concurrency, "--concurrency")
+        with err.status("measuring") as status:
+            run = run_endpoint_benchmark(
+                list(flags.endpoints),
+                flags.api_key,
+                models[0] if models else None,
+                levels,
+                gens[0],
+                warmup=not no_warmup,
+                on_step=lambda text: status.update(f"measuring {text}"),
+            )
+        _report_endpoints(run, output_format, out_file)
+        return
     options = BenchOptions(
         prompts=int_list(n_prompt, "-p/--n-prompt"),
         gens=int_list(n_gen, "-n/--n-gen"),
@@ -136,8 +187,8 @@ def bench(
         bandwidth=not no_bandwidth,
     )
     options.validate()
-    if out_file is not None and not out_file.parent.is_dir():
-        raise InputError(f"--out {out_file}: the folder {out_file.parent} does not exist")
+    if out_file is not None:
+        ensure_writable_file(out_file, "--out")
     if quant is not None and synthetic is None:
         raise InputError("--quant applies to --synthetic models only")
     sizes = parse_sizes(synthetic) if synthetic is not None else []
@@ -159,19 +210,8 @@ def bench(
     if output_format and out_file is not None:
         write_report(render(run, output_format), out_file)
         err.print(f"wrote {out_file}", highlight=False)
-    _print_wide(rich_table("Speed (llama-bench definitions)", *speed_rows(run), note=caption(run)))
+    print_table(rich_table("Speed (llama-bench definitions)", *speed_rows(run), note=caption(run)))
     fit_columns, fit_cells = fit_rows(run)
-    _print_wide(
+    print_table(
         rich_table(f"Memory fit at context {ctx} (F16 KV cache)", fit_columns, fit_cells, note=fit_caption(run))
     )
-
-
-def _print_wide(renderable: Table) -> None:
-    """Print on stdout; when it is not a terminal, as wide as the table needs (no folded cells)."""
-    if out.is_terminal:
-        out.print(renderable)
-        return
-    width = max(
-        Measurement.get(out, out.options.update_width(10_000), renderable).maximum, len(str(renderable.caption or ""))
-    )
-    Console(file=sys.stdout, width=max(out.width, width), color_system=None).print(renderable)

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mllm_cpu.commands.options import Flags, with_options
+from mllm_cpu.commands.options import OPTIONS, Flags, with_options
 from mllm_cpu.console import err, out
 from mllm_cpu.conversation import Conversation, Reply, run_command
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.engine import StopReason
 from mllm_cpu.store import store_home
 from mllm_cpu.stream_display import TerminalStream
 from mllm_cpu.tasks import get_preset
@@ -20,7 +21,7 @@ HISTORY_FILE = "chat_history"
 PROMPT = ">>> "
 
 
-@with_options()
+@with_options(*(name for name in OPTIONS if name != "parallel"))
 def chat(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     task: Annotated[
@@ -36,7 +37,7 @@ def chat(
     if system is not None and task is not None:
         raise InputError("--system and --task both set the system prompt; give one of them")
     system_prompt = get_preset(task).system_prompt if task is not None else system
-    engine = flags.load_engine()
+    engine = flags.load_backend()
     options = flags.sampling(engine)
     conversation = Conversation(engine, options, system_prompt)
     if sys.stdin.isatty() and sys.stdout.isatty():
@@ -53,8 +54,7 @@ def _interactive(conversation: Conversation) -> None:
     home.mkdir(parents=True, exist_ok=True)
     session: PromptSession[str] = PromptSession(history=FileHistory(str(home / HISTORY_FILE)))
     err.print(
-        f"[dim]{escape(conversation.engine.model.name)} · context {conversation.engine.n_ctx} tokens · "
-        "/help for commands · Ctrl-C stops a reply · Ctrl-D leaves[/dim]",
+        f"[dim]{escape(_model_label(conversation))} · /help for commands · Ctrl-C stops a reply · Ctrl-D leaves[/dim]",
         highlight=False,
         soft_wrap=True,
     )
@@ -70,6 +70,14 @@ def _interactive(conversation: Conversation) -> None:
                 return
         except KeyboardInterrupt:
             err.print("[yellow]stopped[/yellow]", highlight=False, soft_wrap=True)
+
+
+def _model_label(conversation: Conversation) -> str:
+    """The model's name with its context, or with its server for an endpoint."""
+    model = conversation.engine.identity()
+    if model.endpoint:
+        return f"{model.model} at {model.endpoint}"
+    return f"{model.model} · context {conversation.context_size} tokens"
 
 
 def _piped(conversation: Conversation) -> None:
@@ -100,7 +108,7 @@ def _handle_line(conversation: Conversation, line: str, *, interactive: bool) ->
     finally:
         stream.finish()
     _show_notices(reply, conversation)
-    if reply.generation.stop_reason == "interrupted" and not interactive:
+    if reply.generation.stop_reason == StopReason.INTERRUPTED and not interactive:
         raise KeyboardInterrupt
     return False
 
@@ -109,15 +117,15 @@ def _show_notices(reply: Reply, conversation: Conversation) -> None:
     if reply.dropped_turns:
         turns = "turn" if reply.dropped_turns == 1 else "turns"
         err.print(
-            f"[yellow]the conversation outgrew the {conversation.engine.n_ctx}-token context: "
+            f"[yellow]the conversation outgrew the {conversation.context_size}-token context: "
             f"dropped the {reply.dropped_turns} oldest {turns}[/yellow]",
             highlight=False,
             soft_wrap=True,
         )
     reason = reply.generation.stop_reason
-    if reason == "interrupted":
+    if reason == StopReason.INTERRUPTED:
         err.print("[yellow]stopped; the partial reply is kept[/yellow]", highlight=False, soft_wrap=True)
-    elif reason == "length":
+    elif reason == StopReason.LENGTH:
         err.print(
             f"[yellow]reply cut at --max-tokens {conversation.options.max_tokens}[/yellow]",
             highlight=False,

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from mllm_cpu.console import err, human_bytes, out, print_json, table
+from mllm_cpu.console import (
+    RichConvertProgress,
+    convert_columns,
+    err,
+    human_bytes,
+    print_json,
+    print_table,
+    progress_bars,
+    table,
+)
+from mllm_cpu.convert.atomic_file import ensure_writable_folder
 from mllm_cpu.convert.pipeline import ConvertedFile, convert_checkpoint
 from mllm_cpu.convert.quant_types import DEFAULT_QUANTS, parse_embedding_type, parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
@@ -16,37 +26,33 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.store import checkpoints_dir, models_dir
 
 
-class RichConvertProgress:
-    """Draws one bar per output file: tensors written, or a spinner while llama.cpp quantizes."""
+@dataclass(frozen=True)
+class ConvertedRow:
+    """One written file as the result table and --json show it."""
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: int | None = None
+    file: Path
+    type: str
+    bytes: int
+    bits_per_weight: float
+    parameters: int
+    type_mix: dict[str, int]
 
-    def file_started(self, label: str, tensors: int | None) -> None:
-        description = label if tensors else f"{label} (llama.cpp quantizer)"
-        self.task = self.progress.add_task(description, total=tensors)
-
-    def tensor_written(self, name: str) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task)
-
-    def file_finished(self, label: str) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, total=1, completed=1)
+    def to_dict(self) -> dict[str, Any]:
+        """The row as JSON-ready data."""
+        return {**asdict(self), "file": str(self.file)}
 
 
-def converted_rows(files: list[ConvertedFile]) -> list[dict[str, object]]:
-    """The result table as plain dicts (also the --json output)."""
+def converted_rows(files: list[ConvertedFile]) -> list[ConvertedRow]:
+    """The result table, one row per written file."""
     return [
-        {
-            "file": str(f.summary.path),
-            "type": f.level.label,
-            "bytes": f.summary.file_bytes,
-            "bits_per_weight": round(f.summary.bits_per_weight, 3),
-            "parameters": f.summary.parameters,
-            "type_mix": f.summary.type_mix,
-        }
+        ConvertedRow(
+            file=f.summary.path,
+            type=f.level.label,
+            bytes=f.summary.file_bytes,
+            bits_per_weight=round(f.summary.bits_per_weight, 3),
+            parameters=f.summary.parameters,
+            type_mix=f.summary.type_mix,
+        )
         for f in files
     ]
 
@@ -80,20 +86,15 @@ def convert(
         raise InputError("give a checkpoint folder or --synthetic SIZE (one of them)")
     if store:
         outdir = models_dir()
+    if outdir is not None:
+        ensure_writable_folder(outdir)
     if synthetic is not None:
         parent = outdir if outdir is not None else checkpoints_dir()
         with err.status(f"writing a random {synthetic} checkpoint"):
             model_dir = write_synthetic_checkpoint(synthetic, parent)
         outdir = outdir or model_dir
     assert model_dir is not None
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=json_output) as progress:
+    with progress_bars(*convert_columns(), transient=json_output) as progress:
         files = convert_checkpoint(
             model_dir,
             levels,
@@ -106,21 +107,15 @@ def convert(
         )
     rows = converted_rows(files)
     if json_output:
-        print_json(rows)
+        print_json([row.to_dict() for row in rows])
         return
-    out.print(
+    print_table(
         table(
-            f"Converted into {Path(str(rows[0]['file'])).parent}",
+            f"Converted into {rows[0].file.parent}",
             ["type", "size", "bits/weight", "tensor types (share of weights)", "file"],
             [
-                [
-                    r["type"],
-                    human_bytes(int(str(r["bytes"]))),
-                    f"{r['bits_per_weight']:.2f}",
-                    f.summary.type_mix_text(),
-                    Path(str(r["file"])).name,
-                ]
-                for r, f in zip(rows, files, strict=False)
+                [r.type, human_bytes(r.bytes), f"{r.bits_per_weight:.2f}", f.summary.type_mix_text(), r.file.name]
+                for r, f in zip(rows, files, strict=True)
             ],
         )
     )

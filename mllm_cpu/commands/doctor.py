@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mllm_cpu.bench.machine import machine_info, package_versions
-from mllm_cpu.console import human_bytes, out, print_json, table
+from mllm_cpu.console import human_bytes, print_json, print_table, table
 
 
 def doctor(
@@ -32,4 +32,4 @@ def doctor(
         ],
         *([name, version] for name, version in versions.items()),
     ]
-    out.print(table("mllm-cpu doctor", ["item", "value"], rows))
+    print_table(table("mllm-cpu doctor", ["item", "value"], rows))

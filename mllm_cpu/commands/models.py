@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from mllm_cpu.console import err, human_bytes, out, print_json, table
-from mllm_cpu.model_info import describe_model, store_listing
-from mllm_cpu.store import HOW_TO_GET_A_MODEL, models_dir, resolve_model
+from mllm_cpu.console import err, human_bytes, print_json, print_table, table
+from mllm_cpu.model_info import ModelDetails, describe_model, store_listing
+from mllm_cpu.store import (
+    HOW_TO_GET_A_MODEL,
+    cached_conversion,
+    checkpoint_folder,
+    convert_for_run,
+    models_dir,
+    resolve_model,
+)
 
 
 def models(
@@ -18,7 +27,7 @@ def models(
     """List the models in the store."""
     rows = store_listing()
     if json_output:
-        print_json(rows)
+        print_json([row.to_dict() for row in rows])
         return
     if not rows:
         err.print(
@@ -28,68 +37,83 @@ def models(
         )
         return
     cells = [
-        [row["name"], "-", "-", "-", "-", f"unreadable: {row['error']}"]
-        if row["error"]
+        [row.name, "-", "-", "-", "-", f"unreadable: {row.error}", "-"]
+        if row.error
         else [
-            row["name"],
-            row["quant"],
-            human_bytes(row["bytes"]),
-            _millions(row["parameters"]),
-            row["context_length"] or "-",
-            row["source_architecture"],
+            row.name,
+            row.quant,
+            human_bytes(row.bytes),
+            _millions(row.parameters),
+            row.context_length or "-",
+            row.source_architecture,
+            row.origin.describe() if row.origin else "-",
         ]
         for row in rows
     ]
-    columns = ["name", "quant", "size", "params", "context", "source architecture"]
+    columns = ["name", "quant", "size", "params", "context", "source architecture", "origin"]
     rows_text = [[escape(str(cell)) for cell in row] for row in cells]
-    out.print(table(escape(f"models in {models_dir()}"), columns, rows_text))
+    print_table(table(escape(f"models in {models_dir()}"), columns, rows_text))
 
 
 def info(
     model: Annotated[str, typer.Argument(help="GGUF file, model name in the store, or checkpoint folder.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
 ) -> None:
-    """Show a model file's metadata: architecture, size, tensor types, context, tokenizer."""
-    details = describe_model(resolve_model(model))
+    """Show a model file's metadata: architecture, size, tensor types, context, tokenizer.
+
+    A checkpoint folder not converted before is converted into a temporary folder, which is
+    removed afterwards: `info` never writes into the store.
+    """
+    folder = checkpoint_folder(model)
+    if folder is not None and cached_conversion(folder) is None:
+        with tempfile.TemporaryDirectory(prefix="mllm-cpu-info-") as temporary:
+            details = describe_model(convert_for_run(folder, Path(temporary)))
+        err.print(
+            f"converted to a temporary file, now removed; `mllm-cpu solve --model {escape(str(folder))}` "
+            "converts once and keeps it",
+            soft_wrap=True,
+            highlight=False,
+        )
+    else:
+        details = describe_model(resolve_model(model))
     if json_output:
-        print_json(details)
+        print_json(details.to_dict())
         return
-    out.print(
+    print_table(
         table(
-            escape(str(details["name"])),
+            escape(details.name),
             ["field", "value"],
             [[field, escape(str(value))] for field, value in _info_rows(details)],
         )
     )
-    if not details["runnable"]:
-        err.print(
-            f"[yellow]cannot run this file:[/yellow] {escape(details['problem'])}", soft_wrap=True, highlight=False
-        )
+    if details.problem is not None:
+        err.print(f"[yellow]cannot run this file:[/yellow] {escape(details.problem)}", soft_wrap=True, highlight=False)
 
 
-def _info_rows(details: dict[str, Any]) -> list[list[Any]]:
+def _info_rows(details: ModelDetails) -> list[list[Any]]:
     special = ", ".join(
-        f"{name} {token['id']} {token['text'] or ''}".rstrip() for name, token in details["special_tokens"].items()
+        f"{name} {token.id} {token.text or ''}".rstrip() for name, token in details.special_tokens.items()
     )
-    sampling = ", ".join(f"{key} {value}" for key, value in details["sampling_defaults"].items())
+    sampling = ", ".join(f"{key} {value}" for key, value in details.sampling_defaults.items())
     return [
-        ["file", details["file"]],
-        ["architecture", details["architecture"]],
-        ["model", details["description"]],
-        ["source architecture", details["source_architecture"] or "-"],
-        ["parameters", f"{_millions(details['parameters'])} ({details['parameters']:,})"],
+        ["file", details.file],
+        ["architecture", details.architecture],
+        ["model", details.description],
+        ["source architecture", details.source_architecture or "-"],
+        ["origin", details.origin.describe()],
+        ["parameters", f"{_millions(details.parameters)} ({details.parameters:,})"],
         [
             "layers / width / heads / kv heads",
-            f"{details['layers']} / {details['embedding_length']} / {details['heads']} / {details['kv_heads']}",
+            f"{details.layers} / {details.embedding_length} / {details.heads} / {details.kv_heads}",
         ],
-        ["file type", details["file_type"]],
-        ["tensor types", details["type_mix_text"]],
-        ["context length", details["context_length"] or "-"],
-        ["vocabulary", f"{details['vocab_size']} ({details['tokenizer']})"],
+        ["file type", details.file_type],
+        ["tensor types", details.type_mix_text],
+        ["context length", details.context_length or "-"],
+        ["vocabulary", f"{details.vocab_size} ({details.tokenizer})"],
         ["special tokens", special or "-"],
-        ["chat template", "yes" if details["chat_template"] else "no"],
+        ["chat template", "yes" if details.chat_template else "no"],
         ["sampling defaults", sampling or "-"],
-        ["file size", f"{human_bytes(details['file_bytes'])} ({details['bits_per_weight']:.2f} bits/weight)"],
+        ["file size", f"{human_bytes(details.file_bytes)} ({details.bits_per_weight:.2f} bits/weight)"],
     ]
 
 

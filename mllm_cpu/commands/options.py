@@ -13,13 +13,15 @@ import inspect
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from mllm_cpu.backend import Backend
 from mllm_cpu.console import err
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.endpoint import API_KEY_ENV, ENDPOINT_ENV, EndpointBackend
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.store import resolve_model
 
@@ -28,7 +30,9 @@ from mllm_cpu.store import resolve_model
 class OptionSpec:
     """One command-line option: its parameter name, flags, value type, bounds and help text.
 
-    `low`/`high` are inclusive bounds; `low_open` makes the lower bound exclusive.
+    `low`/`high` are inclusive bounds; `low_open` makes the lower bound exclusive. `plural`
+    names the Flags field that holds every value when a command lets the option repeat.
+    `envvar` is an environment variable read when the option is not given.
     """
 
     name: str
@@ -38,6 +42,8 @@ class OptionSpec:
     low: float | None = None
     high: float | None = None
     low_open: bool = False
+    plural: str | None = None
+    envvar: str | None = None
 
     def check(self, value: Any) -> None:
         """Raise InputError naming the flag when `value` is outside the bounds (or not finite)."""
@@ -66,6 +72,7 @@ OPTIONS: dict[str, OptionSpec] = {
             ("--model", "-m"),
             str,
             "GGUF file, model name in the store, or Hugging Face checkpoint folder (default: the store's model).",
+            plural="models",
         ),
         OptionSpec(
             "ctx", ("--ctx",), int, "Context length in tokens (default 8192, at most the model's trained length).", 64
@@ -91,6 +98,44 @@ OPTIONS: dict[str, OptionSpec] = {
         ),
         OptionSpec("seed", ("--seed",), int, "Random seed, for reproducible output.", 0, 2**32 - 1),
         OptionSpec("max_tokens", ("--max-tokens",), int, "Most tokens to generate (default 8192).", 1),
+        OptionSpec(
+            "endpoint",
+            ("--endpoint",),
+            str,
+            "OpenAI-compatible server to use instead of a local model, e.g. http://host:8080/v1 "
+            "(mllm-cpu serve, llama-server, vLLM); --model then names the served model.",
+            plural="endpoints",
+            envvar=ENDPOINT_ENV,
+        ),
+        OptionSpec(
+            "api_key",
+            ("--api-key",),
+            str,
+            "API key (bearer token) for --endpoint, or the key `serve` requires.",
+            envvar=API_KEY_ENV,
+        ),
+        OptionSpec("parallel", ("--parallel",), int, "Batch: requests in flight, spread over the endpoints.", 1, 256),
+        OptionSpec(
+            "budget",
+            ("--budget",),
+            str,
+            "Thinking budget: after N tokens without a final answer, end the reasoning and force one. "
+            "solve --file takes a comma-separated list (256,1024,4096) for an accuracy-versus-budget sweep.",
+        ),
+        OptionSpec(
+            "answer_tokens",
+            ("--answer-tokens",),
+            int,
+            "Most tokens for a forced answer after the budget (default: the task's, 64 for math, 512 for code).",
+            1,
+        ),
+        OptionSpec(
+            "draft",
+            ("--draft",),
+            str,
+            "Speculative decoding with this smaller model (file or store name; same tokenizer as --model).",
+        ),
+        OptionSpec("lookup", ("--lookup",), int, "Speculative decoding by prompt lookup, drafting N tokens.", 1, 64),
     )
 }
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
@@ -101,6 +146,7 @@ class Flags:
     """The shared options as the user gave them (None where not given)."""
 
     model: str | None = None
+    models: tuple[str, ...] = ()
     ctx: int | None = None
     threads: int | None = None
     temperature: float | None = None
@@ -110,20 +156,59 @@ class Flags:
     repeat_penalty: float | None = None
     seed: int | None = None
     max_tokens: int | None = None
+    endpoint: str | None = None
+    endpoints: tuple[str, ...] = ()
+    api_key: str | None = None
+    parallel: int | None = None
+    budget: str | None = None
+    answer_tokens: int | None = None
+    draft: str | None = None
+    lookup: int | None = None
 
     def validate(self) -> Flags:
         """Check every given value against its bounds; returns self."""
-        for field in fields(self):
-            OPTIONS[field.name].check(getattr(self, field.name))
+        for spec in OPTIONS.values():
+            for value in (getattr(self, spec.plural) if spec.plural else ()) + (getattr(self, spec.name),):
+                spec.check(value)
         return self
 
     def load_engine(self) -> Engine:
         """Resolve `--model` and load it, with a spinner on stderr."""
         path = resolve_model(self.model)
         with err.status(f"loading {path.name}"):
-            return Engine(path, n_ctx=self.ctx, threads=self.threads)
+            draft = resolve_model(self.draft) if self.draft is not None else None
+            return Engine(path, n_ctx=self.ctx, threads=self.threads, draft=draft, lookup=self.lookup)
 
-    def sampling(self, engine: Engine) -> SamplingOptions:
+    def budgets(self) -> list[int]:
+        """The `--budget` values (several for a sweep), empty when not given; InputError when malformed."""
+        if self.budget is None:
+            return []
+        try:
+            values = [int(part) for part in self.budget.split(",")]
+        except ValueError:
+            raise InputError(f"--budget takes token counts such as 1024 or 256,1024,4096, got {self.budget!r}") from None
+        for value in values:
+            if value < 1:
+                raise InputError(f"--budget must be at least 1 token, got {value}")
+        if len(set(values)) != len(values):
+            raise InputError(f"--budget lists a budget twice: {self.budget}")
+        return values
+
+    def load_backend(self) -> Backend:
+        """The `--endpoint` servers (with `--model` as the served model's name), or the local model."""
+        endpoints = self.endpoints or ((self.endpoint,) if self.endpoint else ())
+        if not endpoints:
+            if self.parallel not in (None, 1):
+                raise InputError("--parallel spreads requests over --endpoint servers; give at least one")
+            return self.load_engine()
+        if self.ctx is not None or self.threads is not None:
+            raise InputError("--ctx and --threads set up a local model; the --endpoint server has its own")
+        if self.budget is not None or self.draft is not None or self.lookup is not None:
+            raise InputError("--budget, --draft and --lookup steer a local model's decoding; not an --endpoint's")
+        with err.status(f"connecting to {', '.join(endpoints)}"):
+            return EndpointBackend(list(endpoints), self.api_key, self.model)
+
+    def sampling(self, engine: Backend) -> SamplingOptions:
         """The model's sampling defaults with the flags the user gave applied on top."""
         given = {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
         return replace(engine.default_options(), **given)
@@ -132,9 +217,23 @@ class Flags:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def with_options(*names: str) -> Callable[[_F], _F]:
-    """Add the named OPTIONS (all when none are named) to a command; it receives them as `flags: Flags`."""
+def _annotation(spec: OptionSpec, repeated: bool) -> Any:
+    """The typer annotation of an option: one value, or a list when the command lets it repeat."""
+    if repeated:
+        option = typer.Option(*spec.flags, help=f"{spec.help} Repeatable.", envvar=spec.envvar)
+        return Annotated[list[spec.kind] | None, option]  # type: ignore[name-defined]
+    return Annotated[spec.kind | None, typer.Option(*spec.flags, help=spec.help, envvar=spec.envvar)]
+
+
+def with_options(*names: str, repeat: tuple[str, ...] = ()) -> Callable[[_F], _F]:
+    """Add the named OPTIONS (all when none are named) to a command; it receives them as `flags: Flags`.
+
+    Options named in `repeat` may be given several times: their plural field holds every
+    value, in order, and the singular field the first.
+    """
     chosen = [OPTIONS[name] for name in (names or OPTIONS)]
+    if any(OPTIONS[name].plural is None for name in repeat):
+        raise ValueError(f"only options with a plural field can repeat: {repeat}")
 
     def decorate(command: _F) -> _F:
         signature = inspect.signature(command, eval_str=True)
@@ -144,15 +243,19 @@ def with_options(*names: str) -> Callable[[_F], _F]:
                 spec.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
-                annotation=Annotated[spec.kind | None, typer.Option(*spec.flags, help=spec.help)],
+                annotation=_annotation(spec, spec.name in repeat),
             )
             for spec in chosen
         ]
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            flags = Flags(**{spec.name: kwargs.pop(spec.name, None) for spec in chosen}).validate()
-            return command(*args, flags=flags, **kwargs)
+            given: dict[str, Any] = {spec.name: kwargs.pop(spec.name, None) for spec in chosen}
+            for name in repeat:
+                values = tuple(given[name] or ())
+                given[name] = values[0] if values else None
+                given[str(OPTIONS[name].plural)] = values
+            return command(*args, flags=Flags(**given).validate(), **kwargs)
 
         parameters = own + added
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

@@ -2,32 +2,60 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
+from rich.text import Text
 
-from mllm_cpu.batch import BatchProgress, read_results, run_batch, summarize
-from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import err, out, print_json, table
-from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.backend import Backend
+from mllm_cpu.batch import (
+    DEFAULT_TIMEOUT,
+    BatchProgress,
+    BatchSettings,
+    ModelSummary,
+    NotResumable,
+    finished_records,
+    model_summary,
+    read_results,
+    run_batch,
+    set_aside,
+)
+from mllm_cpu.commands.options import Flags, OptionSpec, with_options
+from mllm_cpu.console import err, human_bytes, out, print_json, print_table, table
+from mllm_cpu.convert.atomic_file import ensure_writable_file
+from mllm_cpu.convert.gguf_summary import summarize_header
+from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG, InputError
+from mllm_cpu.engine import Engine, SamplingOptions, StopReason
+from mllm_cpu.identity import ModelIdentity
+from mllm_cpu.live_progress import LiveProgress
 from mllm_cpu.problems import Problem, load_problems
 from mllm_cpu.sandbox import SandboxResult
 from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution
 from mllm_cpu.solver import solve as solve_problem
-from mllm_cpu.stream_display import TerminalStream, printable
+from mllm_cpu.stream_display import printable
+from mllm_cpu.sweep import BudgetPoint, accuracy_chart, budget_point, budget_results_path
 from mllm_cpu.tasks import get_preset
 
-EXIT_WRONG = 1
-EXIT_INTERRUPTED = 130
+TIMEOUT = OptionSpec(
+    "timeout",
+    ("--timeout",),
+    float,
+    "Seconds the sandboxed code may run (--run, --tests, and each HumanEval answer of a batch).",
+    0,
+    24 * 3600,
+    low_open=True,
+)
 
 
-@with_options()
+@with_options(repeat=("model", "endpoint"))
 def solve(
     problem: Annotated[str | None, typer.Argument(help="The problem text.", show_default=False)] = None,
     file: Annotated[
@@ -50,16 +78,25 @@ def solve(
         Path | None,
         typer.Option(help="Python file of assertions to run after the answer (implies --run; exit 1 if they fail)."),
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds the sandboxed code may run.")] = 10.0,
+    timeout: Annotated[float, typer.Option(help=TIMEOUT.help)] = DEFAULT_TIMEOUT,
     out_path: Annotated[
         Path | None,
         typer.Option(
             "--out",
             "-o",
             help="Batch results (JSONL, appended; finished problems are skipped on a rerun). "
-            "Default: PROBLEMS-results.jsonl beside the problems file.",
+            "Default: PROBLEMS-results-MODEL.jsonl beside the problems file; with several --model, "
+            "OUT-MODEL.jsonl for each.",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Batch: when the results file holds another model's or settings' records, rename it "
+            "to NAME.N.jsonl and start anew.",
+        ),
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Batch: solve only the first N problems.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object, no streaming.")] = False,
     *,
@@ -67,9 +104,12 @@ def solve(
 ) -> None:
     """Solve a math, coding or science problem: stream the reasoning, then show the final answer.
 
-    Exit status: 0 when solved; 1 when --check or --tests found the answer wrong or missing;
-    130 after Ctrl-C (a batch keeps every finished problem and resumes on a rerun).
+    A .jsonl --file is solved as a batch; several --model solve it on each model and end with
+    one table comparing them. Exit status: 0 when solved; 1 when --check or --tests found the
+    answer wrong or missing, or the --run code failed or timed out; 130 after Ctrl-C (a batch
+    keeps every finished problem and resumes on a rerun).
     """
+    TIMEOUT.check(timeout)
     is_batch = file is not None and file.suffix.lower() == ".jsonl"
     if (problem is None) == (file is None):
         raise InputError("give a PROBLEM or --file FILE (one of them)")
@@ -77,6 +117,12 @@ def solve(
         raise InputError("--check, --run and --tests are for one problem; a batch grades by its records")
     if not is_batch and (out_path is not None or limit is not None):
         raise InputError("--out and --limit are for a .jsonl batch (--file PROBLEMS.jsonl)")
+    if not is_batch and (force or len(flags.models) > 1):
+        raise InputError("--force and several --model are for a .jsonl batch (--file PROBLEMS.jsonl)")
+    if len(set(flags.models)) < len(flags.models):
+        raise InputError("the same --model is given twice")
+    if check is not None and not check.strip():
+        raise InputError("--check is empty: give the expected answer, e.g. --check 42")
     if tests is not None and not tests.is_file():
         raise InputError(f"{tests}: no such file")
     if limit is not None and limit < 1:
@@ -85,10 +131,12 @@ def solve(
         assert file is not None
         batch_task = task if task.strip().lower() == AUTO_TASK else get_preset(task).name
         problems = load_problems(file)[:limit]
-        engine = flags.load_engine()
-        options = flags.sampling(engine)
-        target = out_path or file.with_name(f"{file.stem}-results.jsonl")
-        _solve_batch(engine, problems, target, batch_task, options, json_output)
+        if out_path is not None:
+            ensure_writable_file(out_path, "--out")
+        if len(flags.budgets()) > 1:
+            _solve_sweep(flags, problems, file, out_path, batch_task, timeout, force, json_output)
+        else:
+            _solve_batches(flags, problems, file, out_path, batch_task, timeout, force, json_output)
         return
     text = problem if problem is not None else _read_problem(file)
     if not text.strip():
@@ -98,7 +146,10 @@ def solve(
         raise InputError(f"--run and --tests run Python answers; this is a {preset.name} problem (try --task python)")
     if check is not None and preset.answer_kind != "boxed":
         raise InputError(f"--check compares boxed answers; the {preset.name} task answers with code")
-    engine = flags.load_engine()
+    budgets = flags.budgets()
+    if len(budgets) > 1:
+        raise InputError("a budget sweep (several --budget values) needs a .jsonl --file of problems")
+    engine = flags.load_backend()
     options = flags.sampling(engine)
     _solve_one(
         engine,
@@ -110,6 +161,8 @@ def solve(
         tests.read_text(encoding="utf-8") if tests else None,
         timeout,
         json_output,
+        budgets[0] if budgets else None,
+        flags.answer_tokens,
     )
 
 
@@ -124,7 +177,7 @@ def _read_problem(file: Path | None) -> str:
 
 
 def _solve_one(
-    engine: Engine,
+    engine: Backend,
     text: str,
     task: str,
     options: SamplingOptions,
@@ -133,33 +186,79 @@ def _solve_one(
     tests: str | None,
     timeout: float,
     json_output: bool,
+    budget: int | None = None,
+    answer_tokens: int | None = None,
 ) -> None:
     if json_output:
-        with err.status("solving"):
-            solution = solve_problem(engine, text, task, options)
+        with _live_progress(None, task, options, budget, answer_tokens) as live:
+            solution = solve_problem(
+                engine, text, task, options, live.on_text, budget=budget, answer_tokens=answer_tokens
+            )
     else:
+        budget_text = f" · budget {budget} tokens" if budget is not None else ""
         err.print(
-            f"[dim]{escape(engine.model.name)} · task {task} · up to {options.max_tokens} tokens[/dim]", highlight=False
+            f"[dim]{escape(_model_label(engine.identity()))} · task {task} · up to {options.max_tokens} tokens"
+            f"{budget_text}[/dim]",
+            highlight=False,
         )
-        stream = TerminalStream(out, style="dim")
-        solution = solve_problem(engine, text, task, options, stream)
-        stream.finish()
+        with _live_progress(out, task, options, budget, answer_tokens) as live:
+            solution = solve_problem(
+                engine, text, task, options, live.on_text, budget=budget, answer_tokens=answer_tokens
+            )
     correct = is_correct(solution, expected) if expected is not None else None
     result = run_solution(solution, tests, timeout) if run else None
     if json_output:
-        print_json(_solution_json(solution, expected, correct, result))
+        print_json(_solution_json(solution, engine.identity(), expected, correct, result))
     else:
         _show_answer(solution, expected, correct, result, options)
-    if solution.stop_reason == "interrupted":
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if correct is False or (tests is not None and result is not None and not result.ok):
-        raise typer.Exit(EXIT_WRONG)
+    code = exit_code(solution, correct, result)
+    if code:
+        raise typer.Exit(code)
+
+
+def _live_progress(
+    text_console: Console | None, task: str, options: SamplingOptions, budget: int | None, answer_tokens: int | None
+) -> LiveProgress:
+    """The status line of one solve: ETA to the budget (or --max-tokens), then to the forced answer's limit."""
+    preset = get_preset(task)
+    budgeted = budget is not None and budget < options.max_tokens
+    return LiveProgress(
+        text_console,
+        err,
+        budget if budget is not None and budgeted else options.max_tokens,
+        goal_label="the budget" if budgeted else "--max-tokens",
+        style="dim",
+        cue=preset.answer_cue if budget is not None else None,
+        answer_goal=answer_tokens or preset.answer_tokens,
+    )
+
+
+def exit_code(solution: Solution, correct: bool | None, result: SandboxResult | None) -> int:
+    """The exit status of one solved problem: 130 interrupted, 1 wrong (--check) or a failed run, else 0.
+
+    A run fails when the answer has no code, raises, exits non-zero, its --tests fail, or it
+    times out.
+    """
+    if solution.stop_reason == StopReason.INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if correct is False or (result is not None and not result.ok):
+        return EXIT_WRONG
+    return 0
+
+
+def _model_label(model: ModelIdentity) -> str:
+    """The model's name, and the server for an endpoint."""
+    return f"{model.model} at {model.endpoint}" if model.endpoint else model.model
 
 
 def _solution_json(
-    solution: Solution, expected: str | None, correct: bool | None, result: SandboxResult | None
+    solution: Solution,
+    model: ModelIdentity,
+    expected: str | None,
+    correct: bool | None,
+    result: SandboxResult | None,
 ) -> dict[str, Any]:
-    data = solution.to_dict()
+    data = {**solution.to_dict(), "model": model.to_dict()}
     if expected is not None:
         data.update(expected=expected, correct=correct)
     if result is not None:
@@ -181,10 +280,14 @@ def _show_answer(
     result: SandboxResult | None,
     options: SamplingOptions,
 ) -> None:
-    if solution.stop_reason == "interrupted":
+    if solution.stop_reason == StopReason.INTERRUPTED:
         err.print("[yellow]stopped by Ctrl-C[/yellow]", highlight=False)
-    elif solution.stop_reason in ("length", "context"):
-        limit = f"--max-tokens {options.max_tokens}" if solution.stop_reason == "length" else "the context (--ctx)"
+    elif solution.forced and solution.stop_reason == StopReason.LENGTH:
+        err.print("[yellow]the forced answer ran out of --answer-tokens[/yellow]", highlight=False)
+    elif solution.stop_reason in (StopReason.LENGTH, StopReason.CONTEXT):
+        limit = (
+            f"--max-tokens {options.max_tokens}" if solution.stop_reason == StopReason.LENGTH else "the context (--ctx)"
+        )
         err.print(f"[yellow]stopped at {limit}; the answer may be missing[/yellow]", highlight=False)
     if solution.answer is None:
         missing = (
@@ -202,17 +305,30 @@ def _show_answer(
             )
         )
     else:
-        out.print(Panel(escape(printable(solution.answer)), title="answer", border_style="green", expand=False))
+        title = "answer (forced at the budget)" if solution.forced else "answer"
+        out.print(Panel(escape(printable(solution.answer)), title=title, border_style="green", expand=False))
     if correct is not None:
         verdict = "[bold green]correct[/bold green]" if correct else "[bold red]incorrect[/bold red]"
         out.print(f"{verdict} (expected {escape(str(expected))})", highlight=False)
     if result is not None:
         _show_run(result)
-    err.print(
-        f"[dim]{solution.tokens} tokens · {solution.tokens_per_second:.1f} tokens/s · "
-        f"{solution.seconds:.1f} s · task {solution.task}[/dim]",
-        highlight=False,
-    )
+    err.print(f"[dim]{escape(_footer(solution))}[/dim]", highlight=False)
+
+
+def _footer(solution: Solution) -> str:
+    """The line under an answer: tokens (reasoning and answer apart), speed, time, drafting."""
+    forced = " (forced)" if solution.forced else ""
+    parts = [
+        f"{solution.tokens} tokens: {solution.reasoning_tokens} reasoning + {solution.answer_tokens} answer{forced}",
+        f"{solution.tokens_per_second:.1f} tokens/s",
+        f"{solution.seconds:.1f} s",
+        f"task {solution.task}",
+    ]
+    if solution.acceptance_rate is not None:
+        parts.append(f"drafts accepted {100 * solution.acceptance_rate:.0f}%")
+    if solution.speedup is not None:
+        parts.append(f"speed-up x{solution.speedup:.2f}")
+    return " · ".join(parts)
 
 
 def _show_run(result: SandboxResult) -> None:
@@ -226,19 +342,185 @@ def _show_run(result: SandboxResult) -> None:
         out.print(f"[bold red]failed:[/bold red] {escape(result.error)}", highlight=False)
 
 
-def _solve_batch(
-    engine: Engine, problems: list[Problem], target: Path, task: str, options: SamplingOptions, json_output: bool
+def _solve_batches(
+    flags: Flags,
+    problems: list[Problem],
+    file: Path,
+    out_path: Path | None,
+    task: str,
+    timeout: float,
+    force: bool,
+    json_output: bool,
 ) -> None:
-    ids = {problem.id for problem in problems}
-    already = [record for record in read_results(target) if str(record["id"]) in ids]
-    graded = [record for record in already if record.get("correct") is not None]
-    accuracy_text = _accuracy_text(sum(r["correct"] is True for r in graded), len(graded))
-    if already and not json_output:
+    """Solve the problems on each --model in turn (the store's default when none), then show the results."""
+    specs = flags.models or (None,)
+    budget = next(iter(flags.budgets()), None)
+    summaries: list[ModelSummary] = []
+    interrupted = False
+    for spec in specs:
+        engine = replace(flags, model=spec).load_backend()
+        identity = engine.identity()
+        target = _results_path(file, out_path, identity, several=len(specs) > 1)
+        if budget is not None and out_path is None:
+            target = budget_results_path(target, budget)
+        if any(summary.results == target for summary in summaries):
+            raise InputError(f"two models would write to {target}; give them files with different names")
+        summary, interrupted = _solve_batch(
+            engine,
+            problems,
+            target,
+            task,
+            flags.sampling(engine),
+            identity,
+            timeout,
+            force,
+            json_output,
+            parallel=flags.parallel or 1,
+            budget=budget,
+            answer_tokens=flags.answer_tokens,
+        )
+        summaries.append(summary)
+        del engine
+        if interrupted:
+            break
+    if len(specs) == 1:
+        _show_batch(summaries[0], interrupted, json_output)
+    else:
+        _show_comparison(summaries, len(problems), interrupted, json_output)
+    unsolved = sum(summary.problems - summary.total.problems for summary in summaries)
+    if unsolved and not interrupted:
+        raise InputError(
+            f"{unsolved} problems not solved (see above); every finished problem is saved: "
+            "run the same command again to solve the rest"
+        )
+    if interrupted:
         err.print(
-            f"resuming: {len(already)} of {len(problems)} problems already in {escape(str(target))}",
+            "every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _solve_sweep(
+    flags: Flags,
+    problems: list[Problem],
+    file: Path,
+    out_path: Path | None,
+    task: str,
+    timeout: float,
+    force: bool,
+    json_output: bool,
+) -> None:
+    """Solve the problems once per --budget (each in its own resumable file), then show accuracy against budget."""
+    if len(flags.models) > 1:
+        raise InputError("a budget sweep runs one --model; sweep the models one at a time")
+    engine = flags.load_backend()
+    identity = engine.identity()
+    base = _results_path(file, out_path, identity, several=False)
+    points: list[BudgetPoint] = []
+    interrupted = False
+    for budget in flags.budgets():
+        if not json_output:
+            err.print(f"[bold]budget {budget} tokens[/bold]", highlight=False)
+        target = budget_results_path(base, budget)
+        summary, interrupted = _solve_batch(
+            engine,
+            problems,
+            target,
+            task,
+            flags.sampling(engine),
+            identity,
+            timeout,
+            force,
+            json_output,
+            budget=budget,
+            answer_tokens=flags.answer_tokens,
+        )
+        ids = {problem.id for problem in problems}
+        records = [record for record in read_results(target) if record.id in ids]
+        points.append(budget_point(budget, target, len(problems), records))
+        if interrupted:
+            break
+    _show_sweep(identity, points, interrupted, json_output)
+    if interrupted:
+        err.print(
+            "every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _show_sweep(model: ModelIdentity, points: list[BudgetPoint], interrupted: bool, json_output: bool) -> None:
+    """The accuracy-versus-budget table and chart, or JSON."""
+    if json_output:
+        print_json({"model": model.to_dict(), "interrupted": interrupted, "sweep": [p.to_dict() for p in points]})
+        return
+    print_table(
+        table(
+            escape(f"accuracy against thinking budget · {model.model}"),
+            ["budget", "problems", "accuracy", "mean tokens", "s/problem", "forced", "results"],
+            [
+                [
+                    p.budget,
+                    f"{p.finished}/{p.problems}",
+                    _percent(p.accuracy),
+                    f"{p.mean_tokens:.0f}",
+                    _seconds(p.mean_seconds),
+                    _percent(p.forced_share),
+                    escape(p.results.name),
+                ]
+                for p in points
+            ],
+        )
+    )
+    out.print(Text("\n".join(accuracy_chart(points))), highlight=False, soft_wrap=True)
+
+
+def _results_path(file: Path, out_path: Path | None, model: ModelIdentity, several: bool) -> Path:
+    """--out for one model; else a file per model named after it (beside --out or the problems file)."""
+    if out_path is not None and not several:
+        return out_path
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model.model.removesuffix(".gguf")).strip("-.") or "model"
+    if out_path is not None:
+        return out_path.with_name(f"{out_path.stem}-{name}{out_path.suffix or '.jsonl'}")
+    return file.with_name(f"{file.stem}-results-{name}.jsonl")
+
+
+def _solve_batch(
+    engine: Backend,
+    problems: list[Problem],
+    target: Path,
+    task: str,
+    options: SamplingOptions,
+    identity: ModelIdentity,
+    timeout: float,
+    force: bool,
+    json_output: bool,
+    parallel: int = 1,
+    budget: int | None = None,
+    answer_tokens: int | None = None,
+) -> tuple[ModelSummary, bool]:
+    """Run (or resume) one model's batch with a progress bar; returns its summary and whether Ctrl-C stopped it."""
+    settings = BatchSettings.of(task, options, budget, answer_tokens)
+    try:
+        already = finished_records(target, problems, identity, settings)
+    except NotResumable:
+        if not force:
+            raise
+        aside = set_aside(target)
+        err.print(
+            f"--force: the earlier results are now in {escape(str(aside))}; starting {escape(str(target))} anew",
             soft_wrap=True,
             highlight=False,
         )
+        already = []
+    if not json_output:
+        resumed = f" · resuming: {len(already)} of {len(problems)} problems already there" if already else ""
+        err.print(
+            f"[dim]{escape(identity.model)} · results in {escape(str(target))}{resumed}[/dim]",
+            soft_wrap=True,
+            highlight=False,
+        )
+    graded = [record for record in already if record.correct is not None]
+    accuracy_text = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
     columns = (
         TextColumn("solving"),
         BarColumn(),
@@ -255,46 +537,89 @@ def _solve_batch(
         def advance(state: BatchProgress) -> None:
             progress.update(bar, completed=state.done, accuracy=_accuracy_text(state.correct, state.graded))
 
+        def skipped(problem: Problem, error: Exception) -> None:
+            message = f"[yellow]{escape(problem.id)}: not solved: {escape(str(error))}[/yellow]"
+            progress.console.print(message, soft_wrap=True, highlight=False)
+
         try:
-            records = run_batch(engine, problems, target, task=task, options=options, on_record=advance)
+            records = run_batch(
+                engine,
+                problems,
+                target,
+                task=task,
+                options=options,
+                model=identity,
+                timeout=timeout,
+                parallel=parallel,
+                budget=budget,
+                answer_tokens=answer_tokens,
+                on_record=advance,
+                on_failure=skipped,
+            )
         except KeyboardInterrupt:
             interrupted = True
-            records = [record for record in read_results(target) if str(record["id"]) in ids]
-    summaries = summarize(records)
+            records = finished_records(target, problems, identity, settings)
+    quant = summarize_header(engine.model.header).file_type if isinstance(engine, Engine) else None
+    return model_summary(identity, quant, target, len(problems), records), interrupted
+
+
+def _show_batch(summary: ModelSummary, interrupted: bool, json_output: bool) -> None:
+    """One model's results: JSON, or a table by problem kind."""
+    if json_output:
+        print_json({**summary.to_dict(), "interrupted": interrupted})
+        return
+    print_table(
+        table(
+            escape(f"{summary.total.problems} of {summary.problems} problems · {summary.results}"),
+            ["kind", "problems", "graded", "correct", "accuracy", "mean tokens", "s/problem", "tokens/s"],
+            [
+                [
+                    s.kind,
+                    s.problems,
+                    s.graded,
+                    s.correct,
+                    _percent(s.accuracy),
+                    f"{s.mean_tokens:.0f}",
+                    _seconds(s.mean_seconds),
+                    f"{s.tokens_per_second:.1f}",
+                ]
+                for s in summary.kinds
+            ],
+        )
+    )
+
+
+def _show_comparison(summaries: list[ModelSummary], problems: int, interrupted: bool, json_output: bool) -> None:
+    """Several models side by side: JSON, or one table with a row per model."""
     if json_output:
         print_json(
-            {
-                "results": str(target),
-                "problems": len(problems),
-                "finished": len(records),
-                "interrupted": interrupted,
-                "summary": [{**vars(s), "accuracy": s.accuracy} for s in summaries],
-            }
+            {"problems": problems, "interrupted": interrupted, "models": [summary.to_dict() for summary in summaries]}
         )
-    else:
-        out.print(
-            table(
-                escape(f"{len(records)} of {len(problems)} problems · {target}"),
-                ["kind", "problems", "graded", "correct", "accuracy", "mean tokens", "tokens/s"],
-                [
-                    [
-                        s.kind,
-                        s.problems,
-                        s.graded,
-                        s.correct,
-                        "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%",
-                        f"{s.mean_tokens:.0f}",
-                        f"{s.tokens_per_second:.1f}",
-                    ]
-                    for s in summaries
-                ],
-            )
-        )
-    if interrupted:
-        err.print(
-            "every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False
-        )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        return
+    columns = ["model", "quant", "size", "problems", "accuracy", "mean tokens", "s/problem", "tokens/s", "results"]
+    rows = [
+        [
+            escape(s.model.model),
+            s.quant or "-",
+            human_bytes(s.model.size_bytes) if s.model.size_bytes is not None else "-",
+            f"{s.total.problems}/{s.problems}",
+            _percent(s.total.accuracy),
+            f"{s.total.mean_tokens:.0f}",
+            _seconds(s.total.mean_seconds),
+            f"{s.total.tokens_per_second:.1f}",
+            escape(s.results.name),
+        ]
+        for s in summaries
+    ]
+    print_table(table(f"{problems} problems on {len(summaries)} models", columns, rows))
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.2f}" if seconds < 10 else f"{seconds:.1f}"
 
 
 def _accuracy_text(correct: int, graded: int) -> str:

@@ -12,6 +12,12 @@ SOURCE_ARCHITECTURE = "mllm_cpu.source_architecture"
 """The Hugging Face class the weights came from, e.g. Llama4ForCausalLM."""
 SOURCE_LABEL = "mllm_cpu.source_label"
 """A human label for the source, e.g. "MobileLLM-R1 (Llama4 dense)"."""
+ORIGIN = "mllm_cpu.origin"
+"""How the file was made: "converted" (from a local checkpoint folder) or "pulled" (from the hub)."""
+ORIGIN_SOURCE = "mllm_cpu.origin.source"
+"""What it was made from: the checkpoint folder's name, or "owner/repo@commit" for a pull."""
+REPAIRED_FROM = "mllm_cpu.repaired_from"
+"""Set by `mllm-cpu repair`: the file name of the llama4 zero-expert GGUF the file was repaired from."""
 
 ARCHITECTURE = gguf.Keys.General.ARCHITECTURE
 NAME = gguf.Keys.General.NAME

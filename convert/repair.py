@@ -1,0 +1,250 @@
+"""Repair the MobileLLM-R1 GGUFs that llama.cpp's own converter writes (see docs/DESIGN.md, "Repair").
+
+Those files say `llama4` with zero experts, which llama.cpp refuses to load. Their tensors
+are the checkpoint's own under the names and shapes of our qwen3 layout, with the q/k rows
+of each head in interleaved-RoPE order and no q/k norm. A repair reorders those rows on the
+raw tensor bytes (a row is a whole number of quant blocks in every ggml type, so F16, Q8_0
+and K-quants move byte-exactly), adds the unit q/k norms, renames `llama4.*` to `qwen3.*`
+(dropping the expert/MoE/sliding-window keys) and copies every other key verbatim. It
+streams: at most one permuted q/k matrix or one chunk of another tensor is in memory.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import gguf
+import numpy as np
+
+from mllm_cpu.core import gguf_keys
+from mllm_cpu.core.errors import InputError
+
+from .atomic_file import atomic_output
+from .gguf_header import GGUFHeader, TensorEntry, read_gguf_header
+from .layout import GGUF_ARCHITECTURE, MappedTensor, ModelDims, tensor_layout
+from .model_spec import SOURCE_ARCHITECTURE_LABEL, SUPPORTED_HF_CLASSES
+from .pipeline import ConvertProgress, SilentProgress
+from .synthetic import SYNTHETIC_SPECS
+from .tensor_plan import interleaved_to_half_split
+
+BROKEN_ARCHITECTURE = "llama4"
+_DROPPED_KEY_WORDS = ("expert", "moe", "sliding_window")
+_COPY_CHUNK = 1 << 24
+_V = gguf.GGUFValueType
+
+RELABELLED_EXPLANATION = (
+    "a `llama` file with MobileLLM-R1's shapes: a relabelled llama4 conversion, which loads but computes "
+    "without the q/k norm (garbage output) and whose q/k row order is unknown; repair the original llama4 "
+    "file with `mllm-cpu repair`, or convert the checkpoint with `mllm-cpu convert`"
+)
+
+
+def is_zero_expert_llama4(header: GGUFHeader) -> bool:
+    """True for llama.cpp's own MobileLLM-R1 conversion (llama4, no experts)."""
+    return header.architecture == BROKEN_ARCHITECTURE and not header.get(f"{BROKEN_ARCHITECTURE}.expert_count")
+
+
+def needs_repair(path: Path) -> bool:
+    """True for a llama4 zero-expert MobileLLM-R1 file (`repair_gguf` turns it into qwen3)."""
+    return is_zero_expert_llama4(read_gguf_header(Path(path)))
+
+
+def is_relabelled_mobilellm(header: GGUFHeader) -> bool:
+    """True for a `llama` file that is really MobileLLM-R1 (by name or by its exact shapes)."""
+    if header.architecture != "llama":
+        return False
+    names = " ".join(str(header.get(key) or "") for key in ("general.name", "general.basename"))
+    if "mobilellm-r1" in names.lower().replace(" ", "-").replace("_", "-"):
+        return True
+    try:
+        dims = _dims(header, "llama")
+    except InputError:
+        return False
+    shape = (dims.n_layer, dims.n_embd, dims.n_ff, dims.n_head, dims.n_head_kv)
+    return any(shape == (s.n_layer, s.n_embd, s.n_ff, s.n_head, s.n_head_kv) for s in SYNTHETIC_SPECS.values())
+
+
+@dataclass(frozen=True)
+class _OutputTensor:
+    mapped: MappedTensor
+    source: TensorEntry | None  # None: a unit norm written here
+    type: gguf.GGMLQuantizationType
+    n_bytes: int
+
+
+def repair_gguf(
+    source: Path,
+    target: Path,
+    *,
+    progress: ConvertProgress | None = None,
+    origin: str = "repaired",
+    origin_source: str | None = None,
+) -> None:
+    """Write the qwen3-layout repair of a llama4 zero-expert MobileLLM-R1 GGUF to `target`.
+
+    The output is written under a temporary name, checked, and renamed; `origin` and
+    `origin_source` (default: the source file name) are recorded with the source file name.
+    """
+    source, target = Path(source), Path(target)
+    header = read_gguf_header(source)
+    if is_relabelled_mobilellm(header):
+        raise InputError(f"{source}: {RELABELLED_EXPLANATION}")
+    if not is_zero_expert_llama4(header):
+        raise InputError(
+            f"{source}: architecture {header.architecture}, not a llama4 zero-expert file; nothing to repair"
+        )
+    dims = _dims(header, BROKEN_ARCHITECTURE)
+    tensors = _plan(header, dims)
+    alignment = int(header.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+    progress = progress or SilentProgress()
+    progress.file_started(target.name, len(tensors))
+    provenance = {
+        gguf_keys.SOURCE_ARCHITECTURE: SUPPORTED_HF_CLASSES[0],
+        gguf_keys.SOURCE_LABEL: SOURCE_ARCHITECTURE_LABEL,
+        gguf_keys.ORIGIN: origin,
+        gguf_keys.ORIGIN_SOURCE: origin_source or source.name,
+        gguf_keys.REPAIRED_FROM: source.name,
+    }
+    with atomic_output(target) as temporary, source.open("rb") as reader, temporary.open("wb") as writer:
+        _write_header(writer, reader, header, tensors, provenance, alignment)
+        for tensor in tensors:
+            _pad(writer, alignment)
+            _write_data(writer, reader, header, tensor, dims.head_dim)
+            progress.tensor_written(tensor.mapped.gguf_name)
+        writer.close()
+        _check_output(temporary, dims, tensors)
+    progress.file_finished(target.name)
+
+
+def _dims(header: GGUFHeader, arch: str) -> ModelDims:
+    """The model dimensions from `{arch}.*` keys and the vocabulary size."""
+    try:
+        n_embd = int(header.metadata[f"{arch}.embedding_length"])
+        n_head = int(header.metadata[f"{arch}.attention.head_count"])
+        return ModelDims(
+            n_layer=int(header.metadata[f"{arch}.block_count"]),
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=int(header.get(f"{arch}.attention.head_count_kv", n_head)),
+            head_dim=int(header.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1))),
+            n_ff=int(header.metadata[f"{arch}.feed_forward_length"]),
+            n_vocab=int(header.array_lengths["tokenizer.ggml.tokens"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{header.path}: missing or invalid hyperparameter {err}") from None
+
+
+def _plan(header: GGUFHeader, dims: ModelDims) -> list[_OutputTensor]:
+    """The output tensors in qwen3 file order; every source tensor must be used with its expected shape."""
+    stored = {t.name: t for t in header.tensors}
+    layout = tensor_layout(dims, tied="output.weight" not in stored)
+    planned = []
+    for mapped in layout:
+        if mapped.unit_norm:
+            planned.append(_OutputTensor(mapped, None, gguf.GGMLQuantizationType.F32, 4 * mapped.shape[0]))
+            continue
+        entry = stored.get(mapped.gguf_name)
+        if entry is None:
+            raise InputError(f"{header.path}: tensor {mapped.gguf_name} is missing")
+        if entry.shape != mapped.ggml_shape:
+            raise InputError(
+                f"{header.path}: tensor {entry.name} has shape {list(entry.shape)}, expected {list(mapped.ggml_shape)}"
+            )
+        planned.append(_OutputTensor(mapped, entry, entry.type, entry.n_bytes))
+    extra = sorted(set(stored) - {t.mapped.gguf_name for t in planned})
+    if extra:
+        raise InputError(f"{header.path}: unexpected tensor {extra[0]} for a dense MobileLLM-R1 file")
+    return planned
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _string_value(text: str) -> bytes:
+    return struct.pack("<I", _V.STRING) + _string(text)
+
+
+def _renamed_key(key: str) -> str | None:
+    """The key in the repaired file, or None to drop it."""
+    prefix = f"{BROKEN_ARCHITECTURE}."
+    if not key.startswith(prefix):
+        return key
+    if any(word in key for word in _DROPPED_KEY_WORDS):
+        return None
+    return f"{GGUF_ARCHITECTURE}.{key.removeprefix(prefix)}"
+
+
+def _write_header(
+    writer: BinaryIO,
+    reader: BinaryIO,
+    header: GGUFHeader,
+    tensors: list[_OutputTensor],
+    provenance: dict[str, str],
+    alignment: int,
+) -> None:
+    """Magic, counts, the metadata (copied verbatim where kept) and the tensor table."""
+    pairs: list[tuple[str, bytes]] = []
+    for key, (start, end) in header.value_spans.items():
+        new_key = _renamed_key(key)
+        if new_key is None or new_key in provenance:
+            continue
+        if key == gguf.Keys.General.ARCHITECTURE:
+            pairs.append((key, _string_value(GGUF_ARCHITECTURE)))
+            continue
+        reader.seek(start)
+        pairs.append((new_key, reader.read(end - start)))
+    pairs += [(key, _string_value(value)) for key, value in provenance.items()]
+
+    writer.write(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(pairs)))
+    for key, value in pairs:
+        writer.write(_string(key) + value)
+    offset = 0
+    for tensor in tensors:
+        shape = tensor.mapped.ggml_shape
+        writer.write(_string(tensor.mapped.gguf_name) + struct.pack("<I", len(shape)))
+        writer.write(struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<IQ", tensor.type, offset))
+        offset = _aligned(offset + tensor.n_bytes, alignment)
+
+
+def _aligned(position: int, alignment: int) -> int:
+    return -(-position // alignment) * alignment
+
+
+def _pad(writer: BinaryIO, alignment: int) -> None:
+    position = writer.tell()
+    writer.write(b"\0" * (_aligned(position, alignment) - position))
+
+
+def _write_data(writer: BinaryIO, reader: BinaryIO, header: GGUFHeader, tensor: _OutputTensor, head_dim: int) -> None:
+    """Copy one tensor's bytes, q/k rows reordered per head; a unit norm is written as ones."""
+    if tensor.source is None:
+        writer.write(np.ones(tensor.mapped.shape, dtype=np.float32).tobytes())
+        return
+    reader.seek(header.data_start + tensor.source.offset)
+    if tensor.mapped.permuted_heads:
+        rows = tensor.mapped.shape[0]
+        raw = np.frombuffer(reader.read(tensor.n_bytes), dtype=np.uint8)
+        by_head = raw.reshape(tensor.mapped.permuted_heads, head_dim, tensor.n_bytes // rows)
+        writer.write(by_head[:, interleaved_to_half_split(head_dim), :].tobytes())
+        return
+    remaining = tensor.n_bytes
+    while remaining:
+        chunk = reader.read(min(remaining, _COPY_CHUNK))
+        if not chunk:
+            raise InputError(f"{header.path}: truncated in tensor {tensor.source.name}")
+        writer.write(chunk)
+        remaining -= len(chunk)
+
+
+def _check_output(path: Path, dims: ModelDims, tensors: list[_OutputTensor]) -> None:
+    """Read the written file back: qwen3, every tensor where and as large as planned."""
+    written = read_gguf_header(path)
+    got = {t.name: (t.shape, t.type, t.n_bytes) for t in written.tensors}
+    expected = {t.mapped.gguf_name: (t.mapped.ggml_shape, t.type, t.n_bytes) for t in tensors}
+    if written.architecture != GGUF_ARCHITECTURE or got != expected:
+        raise InputError(f"{path}: the repaired file does not read back as written")

@@ -1,0 +1,127 @@
+"""`mllm-cpu repair`: a llama4 zero-expert MobileLLM-R1 GGUF (llama.cpp's own conversion) -> qwen3."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import gguf
+import typer
+
+from mllm_cpu.console import (
+    RichConvertProgress,
+    convert_columns,
+    human_bytes,
+    out,
+    print_json,
+    print_table,
+    progress_bars,
+    table,
+)
+from mllm_cpu.convert.atomic_file import ensure_writable_folder
+from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
+from mllm_cpu.convert.gguf_summary import read_summary, summarize_header
+from mllm_cpu.convert.repair import RELABELLED_EXPLANATION, is_relabelled_mobilellm, is_zero_expert_llama4, repair_gguf
+from mllm_cpu.core.errors import InputError
+from mllm_cpu.model_file import validate_header, validate_model_file
+from mllm_cpu.store import models_dir
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What `repair` did: the file written (None when the input needed no repair)."""
+
+    source: Path
+    repaired: bool
+    file: Path | None
+    bytes: int
+    type_mix: str
+    seconds: float
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the --json output)."""
+        return {
+            "source": str(self.source),
+            "repaired": self.repaired,
+            "file": str(self.file) if self.file else None,
+            "bytes": self.bytes,
+            "type_mix": self.type_mix,
+            "seconds": round(self.seconds, 3),
+            "note": self.note,
+        }
+
+
+def repaired_name(header: GGUFHeader) -> str:
+    """The output file name by llama.cpp's naming convention, e.g. MobileLLM-R1-950M-Q4_K_M.gguf."""
+    meta = header.metadata
+    label = summarize_header(header).file_type
+    name = meta.get("general.name") or header.path.stem
+    stem = gguf.naming_convention(
+        name,
+        meta.get("general.basename"),
+        meta.get("general.finetune"),
+        meta.get("general.version"),
+        meta.get("general.size_label"),
+        None if label == "unknown" else label,
+    )
+    return f"{stem}.gguf"
+
+
+def repair(
+    broken: Annotated[Path, typer.Argument(help="A MobileLLM-R1 GGUF written by llama.cpp's converter (llama4).")],
+    outdir: Annotated[Path | None, typer.Option(help="Output folder (default: beside the input).")] = None,
+    store: Annotated[bool, typer.Option(help="Write the repaired file into the model store.")] = False,
+    name: Annotated[str | None, typer.Option(help="Output file name (default: llama.cpp's naming).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Turn a llama4 zero-expert MobileLLM-R1 GGUF into the qwen3 layout llama.cpp runs."""
+    if store and outdir is not None:
+        raise InputError("--store and --outdir are exclusive")
+    header = read_gguf_header(broken)
+    if is_relabelled_mobilellm(header):
+        raise InputError(f"{broken}: {RELABELLED_EXPLANATION}")
+    if not is_zero_expert_llama4(header):
+        model = validate_header(header)
+        note = f"{broken} needs no repair: llama.cpp runs it as it is ({model.description})"
+        _show(RepairResult(broken, False, None, header.file_size, "", 0.0, note), json_output)
+        return
+    folder = models_dir() if store else (outdir if outdir is not None else broken.resolve().parent)
+    file_name = name if name is None or name.endswith(".gguf") else f"{name}.gguf"
+    target = folder / (file_name or repaired_name(header))
+    if target.resolve() == broken.resolve():
+        raise InputError(f"{target}: the output would replace the input; give --name, --outdir or --store")
+    if target.exists() and not force:
+        raise InputError(f"{target} already exists (use --force to overwrite)")
+    ensure_writable_folder(folder)
+    started = time.perf_counter()
+    with progress_bars(*convert_columns(), transient=json_output) as progress:
+        repair_gguf(broken, target, progress=RichConvertProgress(progress))
+    model = validate_model_file(target)
+    summary = read_summary(target)
+    note = model.description
+    _show(
+        RepairResult(
+            broken, True, target, summary.file_bytes, summary.type_mix_text(), time.perf_counter() - started, note
+        ),
+        json_output,
+    )
+
+
+def _show(result: RepairResult, json_output: bool) -> None:
+    if json_output:
+        print_json(result.to_dict())
+        return
+    if result.file is None:
+        out.print(result.note, soft_wrap=True, highlight=False)
+        return
+    print_table(
+        table(
+            f"Repaired {result.source.name} into {result.file.parent}: {result.note}",
+            ["size", "tensor types (share of weights)", "seconds", "file"],
+            [[human_bytes(result.bytes), result.type_mix, f"{result.seconds:.1f}", result.file.name]],
+        )
+    )

@@ -1,0 +1,51 @@
+"""`mllm-cpu serve`: an OpenAI-compatible HTTP server for models in the store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from mllm_cpu.commands.options import Flags, with_options
+from mllm_cpu.console import err
+from mllm_cpu.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, ServeOptions
+from mllm_cpu.server import serve as run_server
+
+
+@with_options("model", "ctx", "threads", "api_key", repeat=("model",))
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback it needs --api-key or --insecure.")
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")
+    ] = False,
+    queue: Annotated[
+        int, typer.Option(help="Most requests in flight (running or waiting); more get 503 with Retry-After.")
+    ] = DEFAULT_QUEUE,
+    *,
+    flags: Flags,
+) -> None:
+    """Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health.
+
+    Give --model once per model (store name, file or checkpoint folder). Stop with Ctrl-C or SIGTERM:
+    requests in flight end cleanly.
+    """
+    options = ServeOptions(
+        models=list(flags.models),
+        host=host,
+        port=port,
+        api_key=flags.api_key,
+        insecure=insecure,
+        n_ctx=flags.ctx,
+        threads=flags.threads,
+        queue=queue,
+    )
+    code = run_server(
+        options,
+        announce=lambda line: err.print(escape(line), highlight=False, soft_wrap=True),
+        warn=lambda line: err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True),
+    )
+    raise typer.Exit(code)
