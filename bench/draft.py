@@ -174,3 +174,42 @@ def run_draft_bench(
     step("real prompts")
     measured = measure_real(target, draft, threads, draft_tokens, real_tokens) if real_tokens else None
     return DraftBench(draft.name, target.name, threads, draft_costs, target_costs, measured)
+
+
+def cost_rows(run: DraftBench) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of the measured costs: draft t/s, and verifying k drafts in target decodes."""
+    rows = [
+        ["draft decode", f"{run.draft_costs.single_ms:.2f}", f"{run.draft_tokens_per_second:.1f}", "-"],
+        ["target decode", f"{run.target_costs.single_ms:.2f}", f"{1000 / run.target_costs.single_ms:.1f}", "1.00"],
+    ]
+    rows += [
+        [
+            f"target verify k={k} ({k + 1} tokens)",
+            f"{run.target_costs.batch_ms[k + 1]:.2f}",
+            "-",
+            f"{run.verify_ratio(k):.2f}",
+        ]
+        for k in DRAFT_LENGTHS
+    ]
+    return ["step", "ms", "tokens/s", "cost in target decodes"], rows
+
+
+def prediction_rows(run: DraftBench) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of the predicted speed-up: one row per acceptance rate, one column per k."""
+    rates = list(ACCEPTANCE_RATES)
+    if run.measured is not None and run.measured.acceptance_rate is not None:
+        rates = sorted({*rates, round(run.measured.acceptance_rate, 2)})
+    rows = [[f"{a:.2f}"] + [f"{run.predicted(a, k):.2f}x" for k in DRAFT_LENGTHS] for a in rates]
+    return ["acceptance"] + [f"k={k}" for k in DRAFT_LENGTHS], rows
+
+
+def measured_note(run: DraftBench) -> str:
+    """One line on the real-prompt run: acceptance, speeds and speed-up."""
+    if run.measured is None:
+        return "no real-prompt run"
+    m = run.measured
+    acceptance = "-" if m.acceptance_rate is None else f"{100 * m.acceptance_rate:.0f}%"
+    return (
+        f"measured on {len(REAL_PROMPTS)} chat prompts, greedy, k={m.draft_tokens}: acceptance {acceptance}, "
+        f"{m.plain_tokens_per_second:.1f} -> {m.draft_tokens_per_second:.1f} tokens/s, speed-up {m.speedup:.2f}x"
+    )

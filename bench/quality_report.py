@@ -102,7 +102,7 @@ def chart(run: QualityRun, width: int = CHART_WIDTH) -> str:
         filled = min(filled, width)
         bar = "#" * filled + " " * (width - filled)
         lines.append(f"{head}{bar} {kl:.2g}, same top {100 * level.scores.same_top:.1f}%")
-    lines.append(" " * (label_width + size_width + 7) + f"{low:.0e}".ljust(width - 5) + f"{high:.0e}")
+    lines.append(" " * (label_width + size_width + 6) + f"{low:.0e}".ljust(width - 5) + f"{high:.0e}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.core.errors import InputError
 
 from .llama_session import DEFAULT_BATCH, DEFAULT_UBATCH
-from .results import BenchRun, ModelResult
+from .results import BenchRun, ModelResult, SpeedResult
 
 FORMATS = ("json", "csv", "md")
 _RIGHT = {
@@ -98,7 +98,7 @@ def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
                 str(result.threads),
                 *([str(result.n_batch), str(result.n_ubatch)] if batches else []),
                 result.test,
-                f"{result.avg_ts:.2f} ± {result.stdev_ts:.2f}" + (" noisy" if result.noisy else ""),
+                _speed_cell(result),
                 f"{model.load_seconds:.2f}",
                 human_bytes(model.memory.peak_rss_bytes) if model.memory else "-",
                 f"{model.ttft_mean_ms:.1f}" if model.ttft_samples_ns else "-",
@@ -107,6 +107,63 @@ def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return columns, rows
+
+
+def _speed_cell(result: SpeedResult) -> str:
+    return f"{result.avg_ts:.2f} ± {result.stdev_ts:.2f}" + (" noisy" if result.noisy else "")
+
+
+def side_by_side_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells of the comparison table: one row per model (and thread count, and
+    batch sizes when they vary), one "TEST t/s" column per test, so models read down a column."""
+    batches = _shows_batches(run)
+    several_threads = len({r.threads for r in run.results}) > 1
+    tests = list(dict.fromkeys(r.test for r in run.results))
+    roofline_tests = list(dict.fromkeys(r.test for r in run.results if r.roofline_ts))
+    groups: dict[tuple[str, int, int, int], dict[str, SpeedResult]] = {}
+    for result in run.results:
+        groups.setdefault((result.model, result.threads, result.n_batch, result.n_ubatch), {})[result.test] = result
+    columns = [
+        "model",
+        "quant",
+        "size",
+        "params",
+        *(["threads"] if several_threads else []),
+        *(["n_batch", "n_ubatch"] if batches else []),
+        *(f"{test} t/s" for test in tests),
+        *(f"{test} % roofline" for test in roofline_tests),
+        "load s",
+        "peak RSS",
+        "TTFT ms",
+    ]
+    rows = []
+    for (path, threads, n_batch, n_ubatch), by_test in groups.items():
+        model = run.model(path)
+        percents = [by_test[test].roofline_percent if test in by_test else None for test in roofline_tests]
+        rows.append(
+            [
+                model.name,
+                model.file_type,
+                human_bytes(model.tensor_bytes),
+                human_params(model.n_params),
+                *([str(threads)] if several_threads else []),
+                *([str(n_batch), str(n_ubatch)] if batches else []),
+                *(_speed_cell(by_test[test]) if test in by_test else "-" for test in tests),
+                *(f"{percent:.1f}%" if percent is not None else "-" for percent in percents),
+                f"{model.load_seconds:.2f}",
+                human_bytes(model.memory.peak_rss_bytes) if model.memory else "-",
+                f"{model.ttft_mean_ms:.1f}" if model.ttft_samples_ns else "-",
+            ]
+        )
+    return columns, rows
+
+
+def speed_table(run: BenchRun) -> tuple[str, list[str], list[list[str]]]:
+    """Title, columns and cells of the speed table as printed: llama-bench's layout (a row per test)
+    for one model, `side_by_side_rows` for several."""
+    if len(run.models) > 1:
+        return f"Speed of {len(run.models)} models side by side (llama-bench definitions)", *side_by_side_rows(run)
+    return "Speed (llama-bench definitions)", *speed_rows(run)
 
 
 def fit_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
@@ -166,14 +223,22 @@ def fit_caption(run: BenchRun) -> str:
     return text
 
 
+def _right_aligned(column: str) -> bool:
+    return column in _RIGHT or column.endswith((" t/s", " % roofline"))
+
+
 def rich_table(title: str, columns: list[str], rows: list[list[str]], note: str | None = None) -> Table:
     """A rich table with llama-bench's right-aligned columns (and every numeric one)."""
-    return table(title, columns, [list(row) for row in rows], caption=note, right=_RIGHT)
+    return table(
+        title, columns, [list(row) for row in rows], caption=note, right=[c for c in columns if _right_aligned(c)]
+    )
 
 
 def markdown(run: BenchRun) -> str:
-    """llama-bench's Markdown table plus our columns, then the fit table."""
-    sections = [_markdown_table(*speed_rows(run))]
+    """The speed table as printed (llama-bench's Markdown columns plus ours, or several models side by
+    side), then the fit table."""
+    _, columns, rows = speed_table(run)
+    sections = [_markdown_table(columns, rows)]
     fit_columns, fit_cells = fit_rows(run)
     if fit_cells:
         sections.append(_markdown_table(fit_columns, fit_cells))
@@ -189,7 +254,7 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
         return (
             "| "
             + " | ".join(
-                c.rjust(w) if columns[i] in _RIGHT else c.ljust(w)
+                c.rjust(w) if _right_aligned(columns[i]) else c.ljust(w)
                 for i, (c, w) in enumerate(zip(cells, widths, strict=False))
             )
             + " |"
@@ -197,7 +262,9 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
 
     rule = (
         "| "
-        + " | ".join(("-" * (w - 1) + ":") if c in _RIGHT else "-" * w for c, w in zip(columns, widths, strict=False))
+        + " | ".join(
+            ("-" * (w - 1) + ":") if _right_aligned(c) else "-" * w for c, w in zip(columns, widths, strict=False)
+        )
         + " |"
     )
     return "\n".join([line(columns), rule, *(line(r) for r in rows)])

@@ -115,7 +115,7 @@ def repair_gguf(
             _write_data(writer, reader, header, tensor, dims.head_dim)
             progress.tensor_written(tensor.mapped.gguf_name)
         writer.close()
-        _check_output(temporary, dims, tensors)
+        _check_output(temporary, tensors)
     progress.file_finished(target.name)
 
 
@@ -241,7 +241,7 @@ def _write_data(writer: BinaryIO, reader: BinaryIO, header: GGUFHeader, tensor: 
         remaining -= len(chunk)
 
 
-def _check_output(path: Path, dims: ModelDims, tensors: list[_OutputTensor]) -> None:
+def _check_output(path: Path, tensors: list[_OutputTensor]) -> None:
     """Read the written file back: qwen3, every tensor where and as large as planned."""
     written = read_gguf_header(path)
     got = {t.name: (t.shape, t.type, t.n_bytes) for t in written.tensors}

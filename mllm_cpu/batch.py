@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mllm_cpu.backend import Backend
-from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.errors import InputError, naming_path
 from mllm_cpu.engine import SamplingOptions, StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.parallel import solve_each
@@ -156,7 +156,9 @@ class BatchRecord:
         model: dict[str, Any] = data["model"]
         if not isinstance(model.get("model"), str):
             raise ValueError("no model name")
-        values = {field.name: data[field.name] for field in fields(cls) if field.name in data or field.default is MISSING}
+        values = {
+            field.name: data[field.name] for field in fields(cls) if field.name in data or field.default is MISSING
+        }
         values["id"] = str(values["id"])
         values["model"] = ModelIdentity(**{f.name: model[f.name] for f in fields(ModelIdentity) if f.name in model})
         values["settings"] = BatchSettings.from_dict(data["settings"])
@@ -339,10 +341,17 @@ def set_aside(path: Path) -> Path:
 
 
 def _append(path: Path, record: BatchRecord) -> None:
-    with path.open("a", encoding="utf-8") as file:
-        file.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+    line = (json.dumps(record.to_dict(), ensure_ascii=False) + "\n").encode()
+    with naming_path(path), path.open("ab", buffering=0) as file:
+        end = file.tell()
+        try:
+            rest = memoryview(line)
+            while rest:
+                rest = rest[file.write(rest) or 0 :]
+            os.fsync(file.fileno())
+        except OSError:  # a full disk: no half-written record is left behind
+            file.truncate(end)
+            raise
 
 
 def _check_unique_ids(problems: list[Problem]) -> None:

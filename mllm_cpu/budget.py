@@ -74,7 +74,7 @@ def answer_cue(text: str, preset: TaskPreset) -> str:
 
 def generate_with_budget(
     engine: Engine,
-    prompt: str,
+    prompt: str | list[int],
     preset: TaskPreset,
     budget: ThinkingBudget,
     options: SamplingOptions,
@@ -82,16 +82,19 @@ def generate_with_budget(
     *,
     reuse_prefix: bool = True,
 ) -> BudgetedGeneration:
-    """Generate a reply to `prompt` whose reasoning stops after `budget.tokens` tokens (see the module doc).
+    """Generate a reply to `prompt` (text or token ids) whose reasoning stops after `budget.tokens` tokens.
 
     The forced answer's cue is part of the output text (and is passed to `on_text`), not of
     the token counts: `reasoning_tokens + answer_tokens` are the tokens the model generated.
     """
     if budget.tokens < 1 or budget.answer_tokens < 1:
         raise InputError("a thinking budget needs at least one reasoning and one answer token")
-    prompt_ids = engine.tokenize(prompt)
+    prompt_ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     first = engine.generate(
-        prompt_ids, replace(options, max_tokens=min(budget.tokens, options.max_tokens)), on_text, reuse_prefix=reuse_prefix
+        prompt_ids,
+        replace(options, max_tokens=min(budget.tokens, options.max_tokens)),
+        on_text,
+        reuse_prefix=reuse_prefix,
     )
     budget_ran_out = first.stop_reason == StopReason.LENGTH and budget.tokens < options.max_tokens
     if not budget_ran_out:
@@ -115,7 +118,9 @@ def _after_budget(
     """Go on after the budget ran out: unforced past `</think>`, stop at an answer, else force one."""
     if END_OF_REASONING in first.text:
         rest = engine.generate(
-            prompt_ids + first.token_ids, replace(options, max_tokens=options.max_tokens - first.generated_tokens), on_text
+            prompt_ids + first.token_ids,
+            replace(options, max_tokens=options.max_tokens - first.generated_tokens),
+            on_text,
         )
         whole = _joined(engine, first, rest, "")
         return BudgetedGeneration(whole, False, *split_tokens(engine, whole, preset))
@@ -129,7 +134,9 @@ def _after_budget(
     answer = engine.generate(
         prompt_ids + first.token_ids + cue_ids, replace(options, max_tokens=budget.answer_tokens), on_text
     )
-    return BudgetedGeneration(_joined(engine, first, answer, cue), True, first.generated_tokens, answer.generated_tokens)
+    return BudgetedGeneration(
+        _joined(engine, first, answer, cue), True, first.generated_tokens, answer.generated_tokens
+    )
 
 
 def _joined(engine: Engine, first: Generation, second: Generation, cue: str) -> Generation:

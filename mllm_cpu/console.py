@@ -27,17 +27,21 @@ err = Console(stderr=True)
 
 
 @contextmanager
-def progress_bars(*columns: ProgressColumn, transient: bool = False) -> Iterator[Progress]:
-    """Progress bars on stderr that leave no empty line behind when no bar was shown (an early error)."""
-    bars = Progress(*columns, console=err, transient=transient)
-    with bars:
-        try:
-            yield bars
-        finally:
-            if not bars.tasks:  # stop quietly: rich ends a non-terminal display with a blank line
-                bars.live.transient = True
-                bars.live.stop()
-                bars.disable = True
+def progress_bars(
+    *columns: ProgressColumn, transient: bool = False, refresh_per_second: float = 10
+) -> Iterator[Progress]:
+    """Progress bars on stderr that end without the blank line rich adds when stderr is not a
+    terminal (it would stand before an error line), and leave nothing when no bar was shown."""
+    bars = Progress(*columns, console=err, transient=transient, refresh_per_second=refresh_per_second)
+    bars.start()
+    try:
+        yield bars
+    finally:
+        if not bars.tasks:
+            bars.live.transient = True
+        bars.live.stop()
+        if not bars.live.transient and not err.is_interactive:
+            err.line()  # ends the last bar's line; rich's own stop prints this even after no bar
 
 
 class RichConvertProgress:

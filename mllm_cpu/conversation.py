@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from mllm_cpu.backend import Backend
+from mllm_cpu.budget import ThinkingBudget, generate_with_budget
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions
-from mllm_cpu.tasks import TASK_NAMES, get_preset
+from mllm_cpu.tasks import TASK_NAMES, TaskPreset, get_preset
 
 CONVERSATION_FORMAT = "mllm-cpu-conversation"
 _ROLES = ("user", "assistant")
@@ -51,10 +52,23 @@ class Conversation:
     keeps its own context (a conversation that outgrows it gets the server's error; /reset).
     """
 
-    def __init__(self, engine: Backend, options: SamplingOptions, system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Backend,
+        options: SamplingOptions,
+        system_prompt: str | None = None,
+        *,
+        budget: ThinkingBudget | None = None,
+        preset: TaskPreset | None = None,
+    ) -> None:
+        """`budget` caps each reply's reasoning and forces an answer in `preset`'s form (math's by default)."""
         self.engine = engine
         self.options = options
         self.system_prompt = system_prompt
+        self.budget = budget
+        self.preset = preset or get_preset("math")
+        self.forced = False
+        """Whether the last reply's answer was forced by the budget."""
         self.turns: list[Message] = []
         self.last: Generation | None = None
 
@@ -85,10 +99,15 @@ class Conversation:
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> Reply:
         """Add a user message and generate the assistant's reply (kept even when Ctrl-C cut it short)."""
         self.turns.append({"role": "user", "content": text})
+        self.forced = False
         try:
             if isinstance(self.engine, Engine):
                 tokens, dropped = self._fit_context()
-                generation = self.engine.generate(tokens, self.options, on_text)
+                if self.budget is not None:
+                    budgeted = generate_with_budget(self.engine, tokens, self.preset, self.budget, self.options, on_text)
+                    generation, self.forced = budgeted.generation, budgeted.forced
+                else:
+                    generation = self.engine.generate(tokens, self.options, on_text)
             else:
                 dropped = 0
                 generation = self.engine.chat(self.messages(), self.options, on_text)

@@ -149,7 +149,9 @@ def attach_draft(llama: Any, drafting: CountingDraft, target_name: str) -> float
     if isinstance(drafting.inner, DraftModel):
         drafting.inner.check_tokenizer(llama, target_name)
     row = np.empty(llama.n_vocab(), dtype=np.single)
-    llama.scores = np.lib.stride_tricks.as_strided(row, shape=(llama.n_ctx(), row.shape[0]), strides=(0, row.strides[0]))
+    llama.scores = np.lib.stride_tricks.as_strided(
+        row, shape=(llama.n_ctx(), row.shape[0]), strides=(0, row.strides[0])
+    )
     llama.reset()
     llama.eval([llama.token_bos()])
     start = time.perf_counter()

@@ -93,14 +93,16 @@ class EndpointBackend:
         ]
         self._turns = itertools.count()
         self._lock = threading.Lock()
-        self.model = model or self._served_model()
+        self.model = self._served_model(model)
 
-    def _served_model(self) -> str:
-        """The first model the endpoints list (when --model does not name one)."""
+    def _served_model(self, model: str | None) -> str:
+        """`model` if the endpoints serve it, else the first model they list; checks the address and key."""
         models: list[str] = self._attempt(lambda endpoint: [m.id for m in endpoint.client.models.list()])
+        if model is not None and model not in models:
+            raise EndpointError(f"{self.endpoints[0].url} does not serve {model}; it serves: {', '.join(models)}")
         if not models:
             raise EndpointError(f"{self.endpoints[0].url}: the server lists no models")
-        return models[0]
+        return model or models[0]
 
     def identity(self) -> ModelIdentity:
         """The served model's name and the endpoint URLs."""

@@ -61,7 +61,9 @@ class LiveProgress:
         self.first_at: float | None = None
         self._last_draw = 0.0
         self._shared = text_console is not None and text_console.is_terminal
-        self._stream = TerminalStream(text_console, style, DEFAULT_INTERVAL_S) if text_console and not self._shared else None
+        self._stream = (
+            TerminalStream(text_console, style, DEFAULT_INTERVAL_S) if text_console and not self._shared else None
+        )
         self._partial = ""
         self._finished: list[str] = []
         live_console = text_console if self._shared and text_console is not None else status_console

@@ -47,7 +47,7 @@ class PromptFormat:
             self._formatter = Jinja2ChatFormatter(self.chat_template, self.eos_text, self.bos_text)
         try:
             return str(self._formatter(messages=messages).prompt)
-        except jinja2.TemplateError as error:
+        except (jinja2.TemplateError, ValueError) as error:  # llama-cpp-python's raise_exception raises ValueError
             if len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
                 return self.render(_system_in_first_turn(messages))  # templates without a system role (gemma)
             raise InputError(f"the model's chat template failed: {error}") from None

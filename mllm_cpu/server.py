@@ -189,6 +189,7 @@ def create_server_app(served: list[ServedModel], threads: int | None, api_key: s
     server_settings = ServerSettings(interrupt_requests=False)
     import llama_cpp.server.app as server_app
 
+    # create_app builds its model switcher by the module's name LlamaProxy: let it build ours.
     original_proxy = server_app.LlamaProxy
     server_app.LlamaProxy = EngineProxy  # type: ignore[misc]
     try:

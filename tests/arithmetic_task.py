@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+from trained_models import Example, trained_checkpoint
 
 from checkpoints import LLAMA3_CHAT_TEMPLATE, TinyShape
 from mllm_cpu.tasks import get_preset
-from trained_models import Example, trained_checkpoint
 
 MATH = get_preset("math")
 EOT = "<|eot_id|>"
@@ -73,9 +73,7 @@ def render_prompt(question: str) -> str:
 def problems(count: int, seed: int, terms: tuple[int, int] = (MIN_TERMS, MAX_TERMS)) -> list[SumProblem]:
     """`count` seeded random problems with a number of terms in the inclusive range `terms`."""
     rng = random.Random(seed)
-    return [
-        SumProblem(tuple(rng.randint(LOW, HIGH) for _ in range(rng.randint(*terms)))) for _ in range(count)
-    ]
+    return [SumProblem(tuple(rng.randint(LOW, HIGH) for _ in range(rng.randint(*terms)))) for _ in range(count)]
 
 
 def training_examples() -> list[Example]:
@@ -100,3 +98,14 @@ def write_problems(path: Path, items: list[SumProblem]) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def converted_pair(outdir: Path) -> dict[str, Path]:
+    """The trained target and draft converted to F32 GGUF files in `outdir`."""
+    from mllm_cpu.convert.pipeline import convert_checkpoint
+    from mllm_cpu.convert.quant_types import parse_quant_list
+
+    return {
+        role: convert_checkpoint(folder, parse_quant_list("f32"), outdir / role)[0].summary.path
+        for role, folder in trained_pair().items()
+    }

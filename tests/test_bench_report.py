@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mllm_cpu.bench.report import (
     parse_csv,
     render,
     speed_rows,
+    speed_table,
     to_csv,
     to_json,
     write_report,
@@ -118,6 +120,25 @@ def test_tables_have_llama_benchs_columns(run: BenchRun) -> None:
     header, rule, *lines = text.splitlines()
     assert header.startswith("| model") and header.count("|") == rule.count("|") == len(columns) + 1
     assert "---:" in rule and any("pp16" in line for line in lines) and "max ctx" in text
+
+
+def test_several_models_read_side_by_side(run: BenchRun, synthetic_tiny_gguf: Path, tmp_path: Path) -> None:
+    assert speed_table(run)[1:] == speed_rows(run)
+    other = tmp_path / "other-tiny-Q8_0.gguf"
+    shutil.copyfile(synthetic_tiny_gguf, other)
+    options = BenchOptions(prompts=[16], gens=[4], threads=[1], repetitions=1, n_ctx=256, bandwidth=False)
+    both = run_benchmark([synthetic_tiny_gguf, other], options)
+    title, columns, rows = speed_table(both)
+    assert "2 models side by side" in title
+    assert columns[:4] == ["model", "quant", "size", "params"] and columns[4:6] == ["pp16 t/s", "tg4 t/s"]
+    assert [row[:2] for row in rows] == [[m.name, "Q8_0"] for m in both.models] and rows[1][0] == "other-tiny"
+    for record in csv_rows(both):
+        (row,) = [row for row in rows if row[0] == record["model"]]
+        cell = row[columns.index(f"{record['test']} t/s")]
+        assert cell.startswith(f"{record['avg_ts']:.2f} ± {record['stdev_ts']:.2f}")
+    header, rule, *lines = markdown(both).split("\n\n")[0].splitlines()
+    assert [cell.strip() for cell in header.strip("|").split("|")] == columns
+    assert len(lines) == 2 and rule.count("---:") >= 4 and all(line.count("|") == len(columns) + 1 for line in lines)
 
 
 def test_reports_are_written_atomically(run: BenchRun, tmp_path: Path) -> None:

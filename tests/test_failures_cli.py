@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_ctrl_c_during_start_up_is_130_without_traceback() -> None:
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
-    assert stderr == "interrupted\n"
+    assert stderr.strip() == "interrupted"
 
 
 def test_error_after_progress_started_has_no_blank_line(
@@ -61,6 +62,11 @@ def test_error_after_progress_started_has_no_blank_line(
     code, stderr = _main(argv, capsys, monkeypatch)
     assert code == 2
     assert stderr.startswith("error: --name '../x'") and stderr.count("\n") == 1
+    not_gguf = tmp_path / "not.gguf"
+    not_gguf.write_text("hi")
+    code, stderr = _main(["bench", str(not_gguf), "--no-bandwidth"], capsys, monkeypatch)
+    assert code == 2
+    assert stderr.startswith(f"error: {not_gguf}: not a GGUF file") and stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -116,6 +122,25 @@ def test_unwritable_outputs_are_one_line_before_any_work(
     message = f"--out {read_only_folder / 'b.json'}: cannot write: Read-only file system"
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
     assert files_in(read_only_folder) == []
+
+
+def test_full_disk_during_a_batch_keeps_no_half_record(synthetic_tiny_gguf: Path, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE (the file-size limit) makes the append fail as a full disk would."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    results = tmp_path / "results.jsonl"
+    result = subprocess.run(
+        [MLLM_CPU, "solve", "--file", str(problems), "--out", str(results), "--model", str(synthetic_tiny_gguf)]
+        + ["--max-tokens", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)),
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: {results}: File too large"
+    assert "Traceback" not in result.stderr
+    assert results.read_bytes() == b""
 
 
 def test_file_system_errors_map_to_exit_2_with_the_path(

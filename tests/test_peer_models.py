@@ -73,7 +73,7 @@ def peer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 def test_a_real_gemma_file_answers_in_piped_chat(gemma: Path) -> None:
     assert validate_model_file(gemma).description == "gemma3"
     result = run_cli(
-        "chat", "--model", str(gemma), "--temperature", "0", "--max-tokens", "24", input_text=QUESTION + "\n"
+        "chat", "--model", str(gemma), "--temperature", "0", "--max-tokens", "16", input_text=QUESTION + "\n"
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
@@ -81,7 +81,7 @@ def test_a_real_gemma_file_answers_in_piped_chat(gemma: Path) -> None:
 
 
 def test_a_real_gemma_file_answers_in_solve_json(gemma: Path) -> None:
-    result = run_cli("solve", QUESTION, "--model", str(gemma), "--temperature", "0", "--max-tokens", "24", "--json")
+    result = run_cli("solve", QUESTION, "--model", str(gemma), "--temperature", "0", "--max-tokens", "16", "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert "Paris" in record["output"]

@@ -214,18 +214,29 @@ def _printable_ascii(text: str) -> str:
     return "".join(c for c in text if " " <= c <= "~" or c == "\n")
 
 
-def test_solve_and_chat_use_the_server(server: ServeProcess, model: Path) -> None:
-    greedy = ("--temperature", "0", "--max-tokens", "16", "--json")
-    local = run_cli("solve", PROBLEM, "--model", str(model), "--threads", "1", "--ctx", str(CTX), *greedy)
-    remote = run_cli("solve", PROBLEM, "--endpoint", server.url, "--api-key", KEY, *greedy)
-    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
-    mine, theirs = json.loads(local.stdout), json.loads(remote.stdout)
-    assert (theirs["tokens"], theirs["prompt_tokens"], theirs["stop_reason"]) == (
-        mine["tokens"],
-        mine["prompt_tokens"],
-        mine["stop_reason"],
+def test_solve_and_chat_use_the_server(server: ServeProcess, engine: Engine, model: Path) -> None:
+    local = solve(engine, PROBLEM, "math", SamplingOptions(temperature=0.0, max_tokens=16), reuse_prefix=False)
+    remote = run_cli(
+        "solve",
+        PROBLEM,
+        "--endpoint",
+        server.url,
+        "--api-key",
+        KEY,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "16",
+        "--json",
     )
-    assert _printable_ascii(theirs["output"]) == _printable_ascii(mine["output"])
+    assert remote.returncode == 0, remote.stderr
+    theirs = json.loads(remote.stdout)
+    assert (theirs["tokens"], theirs["prompt_tokens"], theirs["stop_reason"]) == (
+        local.tokens,
+        local.prompt_tokens,
+        str(local.stop_reason),
+    )
+    assert _printable_ascii(theirs["output"]) == _printable_ascii(local.output)
     assert theirs["model"] == {"model": model.stem, "size_bytes": None, "fingerprint": None, "endpoint": server.url}
 
     chat = run_cli("chat", "--endpoint", server.url, "--api-key", KEY, "--max-tokens", "8", input_text="Hi\n/stats\n")

@@ -89,9 +89,9 @@ def _train(
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / warmup)
-        * 0.5
-        * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item()),
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item())
+        ),
     )
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []

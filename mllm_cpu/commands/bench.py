@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from mllm_cpu.bench.draft import cost_rows, measured_note, prediction_rows, run_draft_bench
 from mllm_cpu.bench.endpoint import (
     EndpointRun,
     endpoint_caption,
@@ -30,18 +31,19 @@ from mllm_cpu.bench.report import (
     fit_rows,
     render,
     rich_table,
-    speed_rows,
+    speed_table,
     write_report,
 )
 from mllm_cpu.bench.runner import BenchOptions, resolve_models, run_benchmark
 from mllm_cpu.bench.synthetic_models import parse_sizes
 from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import RichConvertProgress, err, print_table
+from mllm_cpu.console import RichConvertProgress, err, print_json, print_table, progress_bars
 from mllm_cpu.convert.atomic_file import ensure_writable_file
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import comma_list
-from mllm_cpu.store import DEFAULT_QUANT
+from mllm_cpu.hardware import physical_cores
+from mllm_cpu.store import DEFAULT_QUANT, resolve_model
 
 
 class RichBenchProgress(RichConvertProgress):
@@ -84,6 +86,30 @@ def _report_endpoints(run: EndpointRun, output_format: str | None, out_file: Pat
     print_table(rich_table("Serving speed", *endpoint_rows(run), note=endpoint_caption(run)))
 
 
+def _bench_draft(draft: str, target: str, threads: str | None, repetitions: int, n_gen: int, json_output: bool) -> None:
+    """`bench --draft`: decode costs of draft and target, predicted and measured speed-up."""
+    thread_count = int_list(threads, "-t/--threads")[0] if threads is not None else physical_cores()
+    with err.status("measuring drafting") as status:
+        run = run_draft_bench(
+            resolve_model(draft),
+            resolve_model(target),
+            thread_count,
+            repetitions=repetitions,
+            real_tokens=n_gen,
+            on_step=lambda text: status.update(f"measuring {text}"),
+        )
+    if json_output:
+        print_json(run.to_dict())
+        return
+    print_table(
+        rich_table(
+            f"Drafting costs ({run.threads} threads)", *cost_rows(run), note=f"{run.draft} drafting for {run.target}"
+        )
+    )
+    formula = "(1 - a^(k+1)) / (1 - a) / ((k c_draft + c_verify(k)) / c_target)"
+    print_table(rich_table("Predicted speed-up", *prediction_rows(run), note=f"{formula}\n{measured_note(run)}"))
+
+
 def int_list(text: str, option: str) -> list[int]:
     """ "1,2,4" -> [1, 2, 4]; anything else is an InputError naming the option."""
     try:
@@ -109,7 +135,7 @@ def _output_format(json_output: bool, csv_output: bool, md_output: bool, out_fil
     raise InputError(f"--out {out_file}: say the format with --json, --csv or --md (or use a .json/.csv/.md name)")
 
 
-@with_options("endpoint", "api_key", repeat=("endpoint",))
+@with_options("endpoint", "api_key", "draft", repeat=("endpoint",))
 def bench(
     models: Annotated[
         list[str] | None, typer.Argument(help="GGUF files, store names or checkpoint folders.", show_default=False)
@@ -155,6 +181,15 @@ def bench(
     and aggregate decode t/s at each --concurrency (MODELS then names the served model).
     """
     output_format = _output_format(json_output, csv_output, md_output, out_file)
+    if flags.draft is not None:
+        if synthetic is not None or len(models or []) != 1 or flags.endpoints:
+            raise InputError(
+                "bench --draft DRAFT TARGET: name exactly one target model (no --synthetic, no --endpoint)"
+            )
+        _bench_draft(
+            flags.draft, (models or [""])[0], threads, repetitions, int_list(n_gen, "-n/--n-gen")[0], json_output
+        )
+        return
     if flags.endpoints:
         if synthetic is not None or len(models or []) > 1:
             raise InputError("with --endpoint, name at most one served model (no --synthetic)")
@@ -200,7 +235,7 @@ def bench(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=True, refresh_per_second=2) as bars:
+    with progress_bars(*columns, transient=True, refresh_per_second=2) as bars:
         progress = RichBenchProgress(bars)
         paths = resolve_models(models or [], sizes, levels, progress)
         run = run_benchmark(paths, options, progress)
@@ -210,7 +245,8 @@ def bench(
     if output_format and out_file is not None:
         write_report(render(run, output_format), out_file)
         err.print(f"wrote {out_file}", highlight=False)
-    print_table(rich_table("Speed (llama-bench definitions)", *speed_rows(run), note=caption(run)))
+    title, columns, cells = speed_table(run)
+    print_table(rich_table(title, columns, cells, note=caption(run)))
     fit_columns, fit_cells = fit_rows(run)
     print_table(
         rich_table(f"Memory fit at context {ctx} (F16 KV cache)", fit_columns, fit_cells, note=fit_caption(run))

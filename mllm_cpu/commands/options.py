@@ -186,7 +186,9 @@ class Flags:
         try:
             values = [int(part) for part in self.budget.split(",")]
         except ValueError:
-            raise InputError(f"--budget takes token counts such as 1024 or 256,1024,4096, got {self.budget!r}") from None
+            raise InputError(
+                f"--budget takes token counts such as 1024 or 256,1024,4096, got {self.budget!r}"
+            ) from None
         for value in values:
             if value < 1:
                 raise InputError(f"--budget must be at least 1 token, got {value}")

@@ -6,14 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
 from mllm_cpu.bench.quality import LADDER, QualityOptions, read_text, resolve_sources, run_quality
 from mllm_cpu.bench.quality_report import caption, chart, level_rows, recommendation_lines, render
 from mllm_cpu.bench.report import rich_table, write_report
 from mllm_cpu.commands.bench import RichBenchProgress, _output_format
 from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import convert_columns, err, out, print_table
+from mllm_cpu.console import convert_columns, err, out, print_table, progress_bars
 from mllm_cpu.core.errors import InputError
 
 
@@ -51,7 +50,7 @@ def quality(
     if out_file is not None and not out_file.parent.is_dir():
         raise InputError(f"--out {out_file}: the folder {out_file.parent} does not exist")
     evaluation = read_text(text)
-    with Progress(*convert_columns(), console=err, transient=True, refresh_per_second=2) as bars:
+    with progress_bars(*convert_columns(), transient=True, refresh_per_second=2) as bars:
         progress = RichBenchProgress(bars)
         reference_path, levels = resolve_sources(sources, quant, reference, progress)
         run = run_quality(reference_path, levels, evaluation, options, progress)

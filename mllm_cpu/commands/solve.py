@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.text import Text
 
@@ -29,7 +29,7 @@ from mllm_cpu.batch import (
     set_aside,
 )
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
-from mllm_cpu.console import err, human_bytes, out, print_json, print_table, table
+from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table
 from mllm_cpu.convert.atomic_file import ensure_writable_file
 from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG, InputError
@@ -531,7 +531,7 @@ def _solve_batch(
         TimeRemainingColumn(),
     )
     interrupted = False
-    with Progress(*columns, console=err, transient=json_output) as progress:
+    with progress_bars(*columns, transient=json_output) as progress:
         bar = progress.add_task("solving", total=len(problems), completed=len(already), accuracy=accuracy_text)
 
         def advance(state: BatchProgress) -> None:
