@@ -1,15 +1,19 @@
 """Anchor `mllm-cpu bench` to llama.cpp's own llama-bench on the same file and threads.
 
-    python -m mllm_cpu.bench.compare_llama_bench MODEL.gguf -t 2 --rounds 5 [--build]
+    python -m mllm_cpu.bench.compare_llama_bench MODEL.gguf -t 2 --rounds 5 [--build] [--static] [--cli]
 
 llama-bench is built from the llama.cpp sources that the installed llama-cpp-python vendors
 (its sdist, fetched with pip, or `--source DIR`), with the flags llama-cpp-python builds
 with (Release, shared libraries, -march=native, OpenMP), and cached in the model store.
-Each round runs, per test, both tools back to back with the same settings (threads, batch
-sizes, repetitions), alternating which goes first. The ratio ours/llama-bench is that of
-the medians over the rounds of each tool's mean t/s ("paired": the median of the per-round
-ratios, which cancels slow drifts of a noisy machine). Not run in CI: it needs a compiler,
-cmake and minutes of build time.
+This shared build runs the same library code as mllm-cpu and is the one to compare with;
+`--static` builds and uses a static one (BUILD_SHARED_LIBS=OFF), whose code differs by
+its linking (see docs/DESIGN.md). Each round runs, per test, both tools back to back with
+the same settings (threads, batch sizes, repetitions), alternating which goes first; with
+`--cli`, ours is `mllm-cpu bench FILE ... --json` run as a user runs it, and both tools
+run both tests in one process per round. The ratio ours/llama-bench is that of the medians
+over the rounds of each tool's mean t/s ("paired": the median of the per-round ratios,
+which cancels slow drifts of a noisy machine). Not run in CI: it needs a compiler, cmake
+and minutes of build time.
 """
 
 from __future__ import annotations
@@ -59,9 +63,14 @@ def cache_dir() -> Path:
     return store_home() / "tools" / f"llama.cpp-{llama_cpp_python_version()}"
 
 
-def cached_binary(tool: str = "llama-bench") -> Path:
+def build_dir(static: bool = False) -> Path:
+    """The cmake build folder of the shared (default) or the static build."""
+    return cache_dir() / ("build-static" if static else "build")
+
+
+def cached_binary(tool: str = "llama-bench", static: bool = False) -> Path:
     """A cached llama.cpp tool executable, llama-bench by default (it may not exist yet)."""
-    return cache_dir() / "build" / "bin" / tool
+    return build_dir(static) / "bin" / tool
 
 
 def fetch_sources(workdir: Path) -> Path:
@@ -81,27 +90,32 @@ def fetch_sources(workdir: Path) -> Path:
     return source
 
 
-def build_llama_bench(source: Path | None = None, jobs: int | None = None) -> Path:
+def build_llama_bench(source: Path | None = None, jobs: int | None = None, static: bool = False) -> Path:
     """Configure and build llama-bench with cmake into the cache; returns the executable."""
-    return build_llama_tool("llama-bench", "llama-bench", source, jobs)
+    return build_llama_tool("llama-bench", "llama-bench", source, jobs, static)
 
 
-def build_llama_tool(target: str, folder: str, source: Path | None = None, jobs: int | None = None) -> Path:
-    """Build one llama.cpp tool (cmake `target`, sources in tools/`folder`) into the cache."""
+def build_llama_tool(
+    target: str, folder: str, source: Path | None = None, jobs: int | None = None, static: bool = False
+) -> Path:
+    """Build one llama.cpp tool (cmake `target`, sources in tools/`folder`) into the cache,
+    with shared libraries as llama-cpp-python, or `static`ally linked."""
     if shutil.which("cmake") is None:
         raise InputError(f"building {target} needs cmake (and a C/C++ compiler)")
-    build = cache_dir() / "build"
+    build = build_dir(static)
+    flags = [f for f in CMAKE_FLAGS if not f.startswith("-DBUILD_SHARED_LIBS=")]
+    flags.append(f"-DBUILD_SHARED_LIBS={'OFF' if static else 'ON'}")
     with tempfile.TemporaryDirectory(prefix="llama-cpp-src-") as workdir:
         tree = Path(source) if source is not None else fetch_sources(Path(workdir))
         if not (tree / "tools" / folder).is_dir():
             raise InputError(f"{tree}: not a llama.cpp source tree with tools/{folder}")
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *CMAKE_FLAGS], check=True)
+        subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *flags], check=True)
         subprocess.run(
             ["cmake", "--build", str(build), "--target", target, "-j", str(jobs or os.cpu_count() or 1)],
             check=True,
         )
-    return cached_binary(target)
+    return cached_binary(target, static)
 
 
 @dataclass
@@ -136,22 +150,23 @@ class Comparison:
         }
 
 
-def llama_bench_command(binary: Path, model: Path, test: SpeedTest, repetitions: int) -> list[str]:
-    """llama-bench running exactly one test with the same settings as ours."""
+def llama_bench_command(binary: Path, model: Path, tests: list[SpeedTest], repetitions: int) -> list[str]:
+    """llama-bench running `tests` (one pp and/or one tg test) with the same settings as ours."""
+    first = tests[0]
     return [
         str(binary),
         "-m",
         str(model),
         "-t",
-        str(test.threads),
+        str(first.threads),
         "-p",
-        str(test.n_prompt),
+        str(max(t.n_prompt for t in tests)),
         "-n",
-        str(test.n_gen),
+        str(max(t.n_gen for t in tests)),
         "-b",
-        str(test.n_batch),
+        str(first.n_batch),
         "-ub",
-        str(test.n_ubatch),
+        str(first.n_ubatch),
         "-r",
         str(repetitions),
         "-o",
@@ -159,13 +174,43 @@ def llama_bench_command(binary: Path, model: Path, test: SpeedTest, repetitions:
     ]
 
 
-def run_llama_bench(command: list[str]) -> float:
-    """Run llama-bench (one test, `-o json`) and return its mean t/s."""
+def run_llama_bench(command: list[str]) -> dict[str, float]:
+    """Run llama-bench (`-o json`); mean t/s by test name ("pp512", "tg128")."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"llama-bench failed: {done.stderr.strip().splitlines()[-1:]}")
-    (entry,) = json.loads(done.stdout)
-    return float(entry["avg_ts"])
+    return {
+        SpeedTest(int(e["n_prompt"]), int(e["n_gen"]), int(e["n_threads"])).name: float(e["avg_ts"])
+        for e in json.loads(done.stdout)
+    }
+
+
+def cli_command(model: Path, tests: list[SpeedTest], repetitions: int) -> list[str]:
+    """`mllm-cpu bench` as a user runs it, measuring `tests`, JSON on stdout."""
+    first = tests[0]
+    return [
+        str(Path(sys.executable).parent / "mllm-cpu"),
+        "bench",
+        str(model),
+        "-t",
+        str(first.threads),
+        "-p",
+        str(max(t.n_prompt for t in tests)),
+        "-n",
+        str(max(t.n_gen for t in tests)),
+        "-r",
+        str(repetitions),
+        "--no-bandwidth",
+        "--json",
+    ]
+
+
+def run_cli(command: list[str]) -> dict[str, float]:
+    """Run `mllm-cpu bench ... --json`; mean t/s by test name."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"mllm-cpu bench failed: {done.stderr.strip().splitlines()[-1:]}")
+    return {r["test"]: float(r["avg_ts"]) for r in json.loads(done.stdout)["results"]}
 
 
 def run_ours(model: Path, test: SpeedTest, repetitions: int) -> float:
@@ -175,21 +220,38 @@ def run_ours(model: Path, test: SpeedTest, repetitions: int) -> float:
 
 
 def compare(
-    binary: Path, model: Path, threads: int, n_prompt: int, n_gen: int, repetitions: int, rounds: int
+    binary: Path,
+    model: Path,
+    threads: int,
+    n_prompt: int,
+    n_gen: int,
+    repetitions: int,
+    rounds: int,
+    cli: bool = False,
 ) -> Comparison:
-    """For each round and test, run both tools back to back, alternating which goes first."""
+    """For each round and test, run both tools back to back, alternating which goes first.
+
+    With `cli`, each round runs `mllm-cpu bench` and llama-bench once each, both tests in one process.
+    """
     validate_model_file(model)
     tests = [SpeedTest(n_prompt, 0, threads), SpeedTest(0, n_gen, threads)]
-    comparison = Comparison({t.name: llama_bench_command(binary, model, t, repetitions) for t in tests})
+    groups = [tests] if cli else [[test] for test in tests]
+    comparison = Comparison(
+        {t.name: llama_bench_command(binary, model, group, repetitions) for group in groups for t in group}
+    )
     for round_index in range(rounds):
-        for test_index, test in enumerate(tests):
-            ours_first = (round_index + test_index) % 2 == 0
+        for group_index, group in enumerate(groups):
+            ours_first = (round_index + group_index) % 2 == 0
             for tool in ("ours", "llama-bench") if ours_first else ("llama-bench", "ours"):
-                if tool == "ours":
-                    comparison.ours.setdefault(test.name, []).append(run_ours(model, test, repetitions))
+                if tool == "llama-bench":
+                    values = run_llama_bench(comparison.commands[group[0].name])
+                elif cli:
+                    values = run_cli(cli_command(model, group, repetitions))
                 else:
-                    value = run_llama_bench(comparison.commands[test.name])
-                    comparison.llama_bench.setdefault(test.name, []).append(value)
+                    values = {group[0].name: run_ours(model, group[0], repetitions)}
+                for test in group:
+                    side = comparison.ours if tool == "ours" else comparison.llama_bench
+                    side.setdefault(test.name, []).append(values[test.name])
         line = ", ".join(
             f"{name} ours {comparison.ours[name][-1]:.2f} / llama-bench {comparison.llama_bench[name][-1]:.2f}"
             for name in comparison.ours
@@ -209,18 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--llama-bench", type=Path, help="use this llama-bench executable")
     parser.add_argument("--build", action="store_true", help="build llama-bench with cmake (cached)")
+    parser.add_argument("--static", action="store_true", help="use (or --build) a statically linked llama-bench")
+    parser.add_argument("--cli", action="store_true", help="measure ours with the `mllm-cpu bench` command")
     parser.add_argument("--source", type=Path, help="llama.cpp source tree for --build (default: the sdist)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = parser.parse_args(argv)
     try:
         if min(args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds) < 1:
             raise InputError("threads, -p, -n, repetitions and rounds must be at least 1")
-        binary = args.llama_bench or cached_binary()
+        binary = args.llama_bench or cached_binary(static=args.static)
         if args.build and args.llama_bench is None:
-            binary = build_llama_bench(args.source)
+            binary = build_llama_bench(args.source, static=args.static)
         if not binary.is_file():
             raise InputError(f"no llama-bench at {binary}; run with --build (or give --llama-bench PATH)")
-        comparison = compare(binary, args.model, args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds)
+        comparison = compare(
+            binary, args.model, args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds, args.cli
+        )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

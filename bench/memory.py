@@ -134,7 +134,10 @@ def _measure(path: Path, n_ctx: int, threads: int, n_ubatch: int) -> MemoryRepor
         settings = ContextSettings(n_ctx, threads, n_ubatch=n_ubatch)
         with open_context(model, settings) as context:
             rng = random.Random(0)
-            n_prompt = max(1, min(n_ubatch, context.n_ctx - GENERATED_TOKENS))
+            # llama.cpp pads n_ctx but clamps n_batch to the requested context: one decode call
+            # may hold no more than n_batch tokens (more aborts the process)
+            n_batch = int(llama_cpp.llama_n_batch(context.handle))
+            n_prompt = max(1, min(n_ubatch, n_batch, context.n_ctx - GENERATED_TOKENS))
             with token_batch(n_prompt) as batch:
                 fill_batch(batch, [rng.randrange(model.n_vocab) for _ in range(n_prompt)], 0)
                 decode(context, batch)

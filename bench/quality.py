@@ -50,6 +50,7 @@ from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.convert.pipeline import ConvertProgress, load_checkpoint
 from mllm_cpu.convert.quant_types import QUANT_LEVELS, parse_quant_list
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import MIB
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.store import resolve_model
@@ -77,7 +78,6 @@ MIN_CONTEXT = 16
 FIT_CONTEXT = 4096
 SPEED_REPETITIONS = 3
 _ROWS_PER_BLOCK = 16
-_MIB = 1 << 20
 
 
 class QualityProgress(Protocol):
@@ -542,7 +542,7 @@ def _measure(
         with _decoder(model, tokens, options) as decoder:
             run_pass = _reference_pass if is_reference else _level_pass
             sums = run_pass(decoder, n_chunks, store, progress)
-            compute = int(decoder.context.buffers.total_mib("compute") * _MIB)
+            compute = int(decoder.context.buffers.total_mib("compute") * MIB)
         pp_ts = tg_ts = None
         if options.speed:
             progress.stage(f"{path.stem}: pp512, tg128")

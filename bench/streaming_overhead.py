@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from rich.console import Console
 
 from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.live_progress import LiveProgress
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.store import resolve_model
 from mllm_cpu.stream_display import DEFAULT_INTERVAL_S, TerminalStream
@@ -41,10 +42,13 @@ def measure_streaming_overhead(
     console: Console,
     runs: int = 5,
     interval_s: float = DEFAULT_INTERVAL_S,
+    live: bool = False,
 ) -> StreamingOverhead:
     """Generate `runs` times with and without a TerminalStream (alternating, after one warm-up run).
 
-    Every run evaluates the prompt afresh with the same seed, so both sides produce the same tokens.
+    With `live`, the stream is solve's LiveProgress (text and the status line with tokens/s and
+    ETA) instead. Every run evaluates the prompt afresh with the same seed, so both sides
+    produce the same tokens.
     """
     seeded = replace(options, seed=options.seed if options.seed is not None else 0)
     engine.generate(prompt, seeded, reuse_prefix=False)
@@ -52,6 +56,10 @@ def measure_streaming_overhead(
     streamed: list[float] = []
     for _ in range(runs):
         plain.append(engine.generate(prompt, seeded, reuse_prefix=False).tokens_per_second)
+        if live:
+            with LiveProgress(console, console, seeded.max_tokens, style="dim") as progress:
+                streamed.append(engine.generate(prompt, seeded, progress.on_text, reuse_prefix=False).tokens_per_second)
+            continue
         stream = TerminalStream(console, style="dim", interval_s=interval_s)
         streamed.append(engine.generate(prompt, seeded, stream, reuse_prefix=False).tokens_per_second)
         stream.finish()
@@ -65,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-t", "--threads", type=int, default=None)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--live", action="store_true", help="measure solve's live status line too")
     args = parser.parse_args(argv)
     engine = Engine(resolve_model(args.model), threads=args.threads)
     prompt = engine.render_chat(problem_messages("Compute: 1-2+3-4+5-...+99-100", get_preset("math")))
     options = replace(SamplingOptions(), seed=4, max_tokens=args.tokens)
     console = Console()
-    result = measure_streaming_overhead(engine, prompt, options, console, runs=args.runs)
+    result = measure_streaming_overhead(engine, prompt, options, console, runs=args.runs, live=args.live)
     console.print(
         f"\nplain {result.plain_tokens_per_second:.1f} tok/s, streamed "
         f"{result.streamed_tokens_per_second:.1f} tok/s: overhead {100 * result.overhead:+.1f}% "

@@ -104,7 +104,9 @@ class Conversation:
             if isinstance(self.engine, Engine):
                 tokens, dropped = self._fit_context()
                 if self.budget is not None:
-                    budgeted = generate_with_budget(self.engine, tokens, self.preset, self.budget, self.options, on_text)
+                    budgeted = generate_with_budget(
+                        self.engine, tokens, self.preset, self.budget, self.options, on_text
+                    )
                     generation, self.forced = budgeted.generation, budgeted.forced
                 else:
                     generation = self.engine.generate(tokens, self.options, on_text)

@@ -79,3 +79,13 @@ def test_doctor_reports_the_machine_and_versions() -> None:
     assert facts["versions"]["llama-cpp-python"] == "0.3.36"
     table = run_cli("doctor")
     assert table.returncode == 0 and "SIMD features" in table.stdout and "numpy" in table.stdout
+
+
+def test_a_context_smaller_than_the_ubatch_is_measured_not_aborted(synthetic_tiny_gguf: Path) -> None:
+    """llama.cpp clamps n_batch to a small context; a prompt batch larger than it would abort the process."""
+    result = run_cli(
+        "bench", str(synthetic_tiny_gguf), "--ctx", "128", "-p", "8", "-n", "4", "-r", "1", "--no-bandwidth", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows and "Traceback" not in result.stderr

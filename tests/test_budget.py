@@ -168,3 +168,15 @@ def test_ctrl_c_during_a_forced_answer_keeps_a_consistent_record(random_gguf: Pa
     total, reasoning, answer = map(int, footer.groups())
     assert reasoning == budget and answer >= 1 and total == reasoning + answer
     assert "forced at the budget" in (seen + rest).decode() or "no final answer" in (seen + rest).decode()
+
+
+def test_chat_forces_each_reply_at_the_budget(target_gguf: Path) -> None:
+    question = problems(1, seed=13, terms=(5, 5))[0].question
+    common = ["chat", "--task", "math", "--model", str(target_gguf), "--threads", "1", "--temperature", "0"]
+    result = run_cli(*common, "--budget", "3", input_text=f"{question}\n{question}\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(MATH.answer_cue.strip()) == 2
+    assert result.stderr.count("reasoning cut at --budget 3 tokens; the answer was forced") == 2
+    free = run_cli(*common, input_text=f"{question}\n")
+    assert free.returncode == 0, free.stderr
+    assert "forced" not in free.stderr

@@ -101,14 +101,28 @@ def test_parallel_batch_over_two_servers_equals_the_local_run(
     assert identity["endpoint"] == ", ".join(server.url for server in servers)
 
 
-def test_an_unreachable_endpoint_is_reported_per_problem(problems: Path, tmp_path: Path) -> None:
-    out = tmp_path / "none.jsonl"
-    unreachable = ["--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--limit", "2", "--parallel", "2"]
-    result = _solve_batch(problems, out, *unreachable)
+def test_a_refused_problem_is_reported_and_the_others_are_kept(servers: list[ServeProcess], tmp_path: Path) -> None:
+    problems = tmp_path / "mixed.jsonl"
+    texts = ["What is 1 plus 2?", "seven " * 5000, "What is 2 plus 4?"]
+    problems.write_text("".join(json.dumps({"id": f"m{n}", "question": t}) + "\n" for n, t in enumerate(texts)))
+    out = tmp_path / "mixed-results.jsonl"
+    result = _solve_batch(problems, out, *_urls(servers), "--parallel", "2")
     assert result.returncode == 2
-    assert sum(": not solved: " in line for line in error_lines(result)) == 2
-    assert error_lines(result)[-1].startswith("error: 2 problems not solved")
-    assert not out.exists() or out.read_text() == ""
+    lines = error_lines(result)
+    assert [line for line in lines if ": not solved: " in line] == [
+        line for line in lines if line.startswith("m1: not solved: ") and "HTTP 400" in line
+    ]
+    assert sum(": not solved: " in line for line in lines) == 1
+    assert lines[-1].startswith("error: 1 of 3 problems not solved")
+    assert sorted(_records(out)) == ["m0", "m2"]
+
+
+def test_an_unreachable_endpoint_is_one_error_line(problems: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none.jsonl"
+    result = _solve_batch(problems, out, "--endpoint", "http://127.0.0.1:9/v1")
+    assert result.returncode == 2
+    assert error_lines(result) == ["error: http://127.0.0.1:9/v1: cannot connect (is the server running?) (4 attempts)"]
+    assert not out.exists()
 
 
 def test_bench_endpoint_reports_every_column(servers: list[ServeProcess], tmp_path: Path) -> None:

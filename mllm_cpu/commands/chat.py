@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from mllm_cpu.budget import ThinkingBudget
 from mllm_cpu.commands.options import OPTIONS, Flags, with_options
 from mllm_cpu.console import err, out
 from mllm_cpu.conversation import Conversation, Reply, run_command
@@ -37,9 +38,14 @@ def chat(
     if system is not None and task is not None:
         raise InputError("--system and --task both set the system prompt; give one of them")
     system_prompt = get_preset(task).system_prompt if task is not None else system
+    budgets = flags.budgets()
+    if len(budgets) > 1:
+        raise InputError("chat takes one --budget (a sweep needs solve --file PROBLEMS.jsonl)")
+    preset = get_preset(task or "math")
     engine = flags.load_backend()
     options = flags.sampling(engine)
-    conversation = Conversation(engine, options, system_prompt)
+    budget = ThinkingBudget(budgets[0], flags.answer_tokens or preset.answer_tokens) if budgets else None
+    conversation = Conversation(engine, options, system_prompt, budget=budget, preset=preset)
     if sys.stdin.isatty() and sys.stdout.isatty():
         _interactive(conversation)
     else:
@@ -123,6 +129,12 @@ def _show_notices(reply: Reply, conversation: Conversation) -> None:
             soft_wrap=True,
         )
     reason = reply.generation.stop_reason
+    if conversation.forced and conversation.budget is not None:
+        err.print(
+            f"[yellow]reasoning cut at --budget {conversation.budget.tokens} tokens; the answer was forced[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
     if reason == StopReason.INTERRUPTED:
         err.print("[yellow]stopped; the partial reply is kept[/yellow]", highlight=False, soft_wrap=True)
     elif reason == StopReason.LENGTH:

@@ -390,8 +390,8 @@ def _solve_batches(
     unsolved = sum(summary.problems - summary.total.problems for summary in summaries)
     if unsolved and not interrupted:
         raise InputError(
-            f"{unsolved} problems not solved (see above); every finished problem is saved: "
-            "run the same command again to solve the rest"
+            f"{unsolved} of {len(problems) * len(summaries)} problems not solved (see above); "
+            "every finished problem is saved: run the same command again to solve the rest"
         )
     if interrupted:
         err.print(
