@@ -85,7 +85,8 @@ def test_slash_commands(engine: Engine, tmp_path: Path) -> None:
     assert run_command(conversation, "/help").message == HELP_TEXT
     assert run_command(conversation, "/stats").message == "no reply yet"
     conversation.reply("Hello")
-    assert run_command(conversation, "/stats").message.startswith("last reply: 2 tokens in ")
+    tokens = len(engine.llama.tokenize(b"Hi.", add_bos=False, special=False))
+    assert run_command(conversation, "/stats").message.startswith(f"last reply: {tokens} tokens in ")
     assert run_command(conversation, "/system You are terse.").message == "system prompt set"
     assert conversation.system_prompt == "You are terse."
     assert "You are terse." in run_command(conversation, "/system").message

@@ -72,8 +72,8 @@ def test_generation_stops_when_a_stop_id_is_sampled(engine: Engine, prompt: str,
 
 
 def test_generation_stops_after_some_text(engine: Engine, prompt: str) -> None:
-    generation = engine.generate(prompt, forcing_options(engine, "The sum is 4."))
-    assert generation.text == "The sum is 4."
+    generation = engine.generate(prompt, forcing_options(engine, "Total: 4."))
+    assert generation.text == "Total: 4."
     assert generation.stop_reason == "eos"
     assert EOT_ID not in generation.token_ids
 
