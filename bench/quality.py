@@ -24,12 +24,13 @@ One deliberate difference: llama-perplexity stores the reference's log-probabili
 bits over a 16-nat range (steps of up to 2.4e-4 nats) and skips terms with log p_ref < -16;
 here they are stored as float32 and every term counts, so a KL of 0 is 0.
 
-Memory: one reference pass writes the scored rows' log-probabilities, chunk by chunk, to a
-temporary float32 file; each level then decodes chunk by chunk and reads back one chunk of
-it. Besides the model, a level pass holds llama.cpp's output buffer (first..n_ctx-1:
-n_ctx / 2 rows of n_vocab float32) and one chunk of reference rows: for the 950M
-(n_vocab 128256) at n_ctx 512, 2 x 256 x 128256 x 4 B = 2 x 125 MiB, plus about 50 MiB of
-float64 work rows. The temporary file takes 125 MiB per chunk and is deleted at exit.
+Memory: the reference pass appends the scored rows' log-probabilities to a temporary float32
+file (125 MiB per chunk for a 128256-token vocabulary at n_ctx 512, deleted at exit); each
+level pass decodes a chunk and reads the stored rows back 16 at a time. No level's logits are
+kept. Besides the weights, a pass holds llama.cpp's output buffer (the logits of positions
+first..n_ctx-1: 256 x 128256 x 4 B = 125 MiB for the 950M at n_ctx 512) and its compute
+buffer (252 MiB there: its logits tensor covers a whole 512-token ubatch, as in
+llama-perplexity), plus about 50 MiB of float64 work rows.
 """
 
 from __future__ import annotations
@@ -482,46 +483,50 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return values
 
 
-def _compare(logits: np.ndarray, reference: np.ndarray, targets: np.ndarray, sums: _Sums) -> None:
-    """Add one chunk's scored rows to the sums, a block of rows at a time (bounded float64 memory)."""
-    for start in range(0, len(targets), _ROWS_PER_BLOCK):
-        block = slice(start, start + _ROWS_PER_BLOCK)
-        rows = np.arange(len(targets[block]))
-        log_p = _log_softmax(logits[block])
-        log_ref = reference[block].astype(np.float64)
-        nll = -log_p[rows, targets[block]]
-        nll_base = -log_ref[rows, targets[block]]
-        kld = (np.exp(log_ref) * (log_ref - log_p)).sum(axis=1)
-        same_top = logits[block].argmax(axis=1) == reference[block].argmax(axis=1)
-        sums.add(nll, nll_base, kld, same_top)
+def _compare(logits: np.ndarray, log_ref: np.ndarray, targets: np.ndarray, sums: _Sums) -> None:
+    """Add a block of scored rows to the sums: a level's logits against the reference's log-probabilities."""
+    rows = np.arange(len(targets))
+    log_p = _log_softmax(logits)
+    reference = log_ref.astype(np.float64)
+    nll = -log_p[rows, targets]
+    nll_base = -reference[rows, targets]
+    kld = (np.exp(reference) * (reference - log_p)).sum(axis=1)
+    same_top = logits.argmax(axis=1) == log_ref.argmax(axis=1)
+    sums.add(nll, nll_base, kld, same_top)
+
+
+def _blocks(rows: int) -> Iterator[slice]:
+    """Row blocks of a chunk: float64 work arrays stay at a few block sizes."""
+    for start in range(0, rows, _ROWS_PER_BLOCK):
+        yield slice(start, min(start + _ROWS_PER_BLOCK, rows))
 
 
 def _reference_pass(decoder: _ChunkDecoder, n_chunks: int, store: IO[bytes], progress: QualityProgress) -> _Sums:
-    """Decode every chunk with the reference, write its scored log-probabilities to `store`, and
+    """Decode every chunk with the reference, append its scored log-probabilities to `store`, and
     score it against what it wrote (KL 0 up to float32 rounding, same top 100%)."""
     sums = _Sums()
     for chunk in range(n_chunks):
-        logits = decoder.logits(chunk)
-        log_probs = np.empty(logits.shape, dtype=np.float32)
-        for start in range(0, len(log_probs), _ROWS_PER_BLOCK):
-            log_probs[start : start + _ROWS_PER_BLOCK] = _log_softmax(logits[start : start + _ROWS_PER_BLOCK])
-        store.write(log_probs.tobytes())
-        _compare(logits, log_probs, decoder.targets(chunk), sums)
+        logits, targets = decoder.logits(chunk), decoder.targets(chunk)
+        for block in _blocks(decoder.scored):
+            log_ref = _log_softmax(logits[block]).astype(np.float32)
+            store.write(log_ref.tobytes())
+            _compare(logits[block], log_ref, targets[block], sums)
         progress.advance()
     store.flush()
     return sums
 
 
 def _level_pass(decoder: _ChunkDecoder, n_chunks: int, store: IO[bytes], progress: QualityProgress) -> _Sums:
-    """Decode every chunk with a level and compare it with the reference's stored chunk."""
+    """Decode every chunk with a level and compare it, block by block, with the stored reference rows."""
     sums = _Sums()
-    shape = (decoder.scored, decoder.model.n_vocab)
-    chunk_bytes = shape[0] * shape[1] * 4
+    n_vocab = decoder.model.n_vocab
+    store.seek(0)
     for chunk in range(n_chunks):
-        logits = decoder.logits(chunk)
-        store.seek(chunk * chunk_bytes)
-        reference = np.frombuffer(store.read(chunk_bytes), dtype=np.float32).reshape(shape)
-        _compare(logits, reference, decoder.targets(chunk), sums)
+        logits, targets = decoder.logits(chunk), decoder.targets(chunk)
+        for block in _blocks(decoder.scored):
+            rows = block.stop - block.start
+            log_ref = np.frombuffer(store.read(rows * n_vocab * 4), dtype=np.float32).reshape(rows, n_vocab)
+            _compare(logits[block], log_ref, targets[block], sums)
         progress.advance()
     return sums
 

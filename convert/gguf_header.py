@@ -67,6 +67,20 @@ class GGUFHeader:
         """A metadata value, or `default`."""
         return self.metadata.get(key, default)
 
+    def hyperparameter(self, key: str, default: int | None = None, *, per_layer: bool = False) -> int:
+        """An integer value; InputError when it is missing (and there is no default) or not a number.
+
+        `per_layer`: the value may be a list with one entry per layer (llama.cpp allows that for
+        head counts and the feed-forward width); it counts by its largest entry.
+        """
+        try:
+            value = self.metadata[key] if default is None else self.metadata.get(key, default)
+            if per_layer and isinstance(value, list):
+                return max((int(v) for v in value), default=0)
+            return int(value)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{self.path}: missing or invalid hyperparameter {err}") from None
+
     @property
     def architecture(self) -> str:
         """general.architecture, or "unknown"."""

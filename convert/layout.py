@@ -15,6 +15,11 @@ from typing import Protocol
 
 import gguf
 
+from mllm_cpu.core import gguf_keys
+from mllm_cpu.core.errors import InputError
+
+from .gguf_header import GGUFHeader, TensorEntry
+
 _T = gguf.MODEL_TENSOR
 
 GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
@@ -51,6 +56,30 @@ class ModelDims:
     head_dim: int
     n_ff: int
     n_vocab: int
+
+    @classmethod
+    def from_header(cls, header: GGUFHeader, *, complete: bool = True) -> ModelDims:
+        """The dimensions a GGUF header gives (its architecture's keys and the vocabulary's size).
+
+        Head counts and the feed-forward width may be per-layer lists (counted by their largest
+        entry). `complete` requires them (a file of this layout); otherwise an absent one is 0, as
+        llama.cpp allows for other architectures (mamba has no heads). InputError names a
+        missing or invalid key.
+        """
+        arch, absent = header.architecture, None if complete else 0
+
+        def value(template: str, default: int | None = None, per_layer: bool = False) -> int:
+            return header.hyperparameter(gguf_keys.arch_key(template, arch), default, per_layer=per_layer)
+
+        n_layer = value(gguf.Keys.LLM.BLOCK_COUNT)
+        n_embd = value(gguf.Keys.LLM.EMBEDDING_LENGTH)
+        n_head = value(gguf.Keys.Attention.HEAD_COUNT, absent, per_layer=True)
+        n_head_kv = value(gguf.Keys.Attention.HEAD_COUNT_KV, n_head, per_layer=True)
+        head_dim = value(gguf.Keys.Attention.KEY_LENGTH, n_embd // n_head if n_head else 0)
+        n_ff = value(gguf.Keys.LLM.FEED_FORWARD_LENGTH, absent, per_layer=True)
+        if gguf_keys.TOKENS not in header.array_lengths:
+            raise InputError(f"{header.path}: missing or invalid hyperparameter '{gguf_keys.TOKENS}'")
+        return cls(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, header.array_lengths[gguf_keys.TOKENS])
 
 
 @dataclass(frozen=True)
@@ -135,6 +164,32 @@ def tensor_layout(dims: Dims, *, tied: bool) -> list[MappedTensor]:
     if not tied:
         layout.append(_mapped(_UNTIED_OUTPUT, dims))
     return layout
+
+
+def match_layout(
+    header: GGUFHeader, dims: Dims, *, with_norms: bool = True
+) -> list[tuple[MappedTensor, TensorEntry | None]]:
+    """Each tensor of the layout (tied when the file has no output matrix) with the file's tensor of that name.
+
+    InputError for a tensor that is missing or has another shape. `with_norms=False` (a llama4 file)
+    expects no unit q/k norms: they are paired with None.
+    """
+    stored = {t.name: t for t in header.tensors}
+    layout = tensor_layout(dims, tied=_mapped(_UNTIED_OUTPUT, dims).gguf_name not in stored)
+    matched: list[tuple[MappedTensor, TensorEntry | None]] = []
+    for mapped in layout:
+        if mapped.unit_norm and not with_norms:
+            matched.append((mapped, None))
+            continue
+        entry = stored.get(mapped.gguf_name)
+        if entry is None:
+            raise InputError(f"{header.path}: tensor {mapped.gguf_name} is missing")
+        if entry.shape != mapped.ggml_shape:
+            raise InputError(
+                f"{header.path}: tensor {entry.name} has shape {list(entry.shape)}, expected {list(mapped.ggml_shape)}"
+            )
+        matched.append((mapped, entry))
+    return matched
 
 
 def hf_tensor_shapes(dims: Dims, *, tied: bool) -> dict[str, tuple[int, ...]]:

@@ -170,20 +170,25 @@ def convert_checkpoint(
     return [ConvertedFile(level, read_summary(written[level.name])) for level in levels]
 
 
+def _write_level(checkpoint: LoadedCheckpoint, level: QuantLevel, path: Path, progress: ConvertProgress) -> None:
+    """Write the checkpoint at `level` with our own GGUF writer (a level it writes directly, or a lossless one)."""
+    write_gguf(
+        path,
+        checkpoint.spec,
+        checkpoint.tokenizer,
+        checkpoint.metadata,
+        checkpoint.tensors,
+        level.file_type,
+        level.matrix_type,
+        progress.tensor_written,
+        checkpoint.origin,
+    )
+
+
 def _write_direct(checkpoint: LoadedCheckpoint, level: QuantLevel, target: Path, progress: ConvertProgress) -> None:
     progress.file_started(target.name, len(checkpoint.tensors))
     with atomic_output(target) as temporary:
-        write_gguf(
-            temporary,
-            checkpoint.spec,
-            checkpoint.tokenizer,
-            checkpoint.metadata,
-            checkpoint.tensors,
-            level.file_type,
-            level.matrix_type,
-            progress.tensor_written,
-            checkpoint.origin,
-        )
+        _write_level(checkpoint, level, temporary, progress)
     progress.file_finished(target.name)
 
 
@@ -195,16 +200,6 @@ def _write_intermediate(
     label = f"{level.label} (quantizer input)"
     progress.file_started(label, len(checkpoint.tensors))
     with locked_partial(target), naming_path(target):
-        write_gguf(
-            target,
-            checkpoint.spec,
-            checkpoint.tokenizer,
-            checkpoint.metadata,
-            checkpoint.tensors,
-            level.file_type,
-            level.matrix_type,
-            progress.tensor_written,
-            checkpoint.origin,
-        )
+        _write_level(checkpoint, level, target, progress)
     progress.file_finished(label)
     return target

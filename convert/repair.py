@@ -24,13 +24,14 @@ from mllm_cpu.core.errors import InputError
 
 from .atomic_file import atomic_output
 from .gguf_header import GGUFHeader, TensorEntry, read_gguf_header
-from .layout import GGUF_ARCHITECTURE, MappedTensor, ModelDims, tensor_layout
+from .layout import GGUF_ARCHITECTURE, MappedTensor, ModelDims, match_layout
 from .model_spec import SOURCE_ARCHITECTURE_LABEL, SUPPORTED_HF_CLASSES
 from .pipeline import ConvertProgress, SilentProgress
 from .synthetic import SYNTHETIC_SPECS
 from .tensor_plan import interleaved_to_half_split
 
-BROKEN_ARCHITECTURE = "llama4"
+BROKEN_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA4]
+_RELABELLED_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
 _DROPPED_KEY_WORDS = ("expert", "moe", "sliding_window")
 _COPY_CHUNK = 1 << 24
 _V = gguf.GGUFValueType
@@ -44,7 +45,8 @@ RELABELLED_EXPLANATION = (
 
 def is_zero_expert_llama4(header: GGUFHeader) -> bool:
     """True for llama.cpp's own MobileLLM-R1 conversion (llama4, no experts)."""
-    return header.architecture == BROKEN_ARCHITECTURE and not header.get(f"{BROKEN_ARCHITECTURE}.expert_count")
+    expert_count = gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, BROKEN_ARCHITECTURE)
+    return header.architecture == BROKEN_ARCHITECTURE and not header.get(expert_count)
 
 
 def needs_repair(path: Path) -> bool:
@@ -54,13 +56,13 @@ def needs_repair(path: Path) -> bool:
 
 def is_relabelled_mobilellm(header: GGUFHeader) -> bool:
     """True for a `llama` file that is really MobileLLM-R1 (by name or by its exact shapes)."""
-    if header.architecture != "llama":
+    if header.architecture != _RELABELLED_ARCHITECTURE:
         return False
-    names = " ".join(str(header.get(key) or "") for key in ("general.name", "general.basename"))
+    names = " ".join(str(header.get(key) or "") for key in (gguf.Keys.General.NAME, gguf.Keys.General.BASENAME))
     if "mobilellm-r1" in names.lower().replace(" ", "-").replace("_", "-"):
         return True
     try:
-        dims = _dims(header, "llama")
+        dims = ModelDims.from_header(header)
     except InputError:
         return False
     shape = (dims.n_layer, dims.n_embd, dims.n_ff, dims.n_head, dims.n_head_kv)
@@ -96,7 +98,7 @@ def repair_gguf(
         raise InputError(
             f"{source}: architecture {header.architecture}, not a llama4 zero-expert file; nothing to repair"
         )
-    dims = _dims(header, BROKEN_ARCHITECTURE)
+    dims = ModelDims.from_header(header)
     tensors = _plan(header, dims)
     alignment = int(header.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
     progress = progress or SilentProgress()
@@ -119,42 +121,15 @@ def repair_gguf(
     progress.file_finished(target.name)
 
 
-def _dims(header: GGUFHeader, arch: str) -> ModelDims:
-    """The model dimensions from `{arch}.*` keys and the vocabulary size."""
-    try:
-        n_embd = int(header.metadata[f"{arch}.embedding_length"])
-        n_head = int(header.metadata[f"{arch}.attention.head_count"])
-        return ModelDims(
-            n_layer=int(header.metadata[f"{arch}.block_count"]),
-            n_embd=n_embd,
-            n_head=n_head,
-            n_head_kv=int(header.get(f"{arch}.attention.head_count_kv", n_head)),
-            head_dim=int(header.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1))),
-            n_ff=int(header.metadata[f"{arch}.feed_forward_length"]),
-            n_vocab=int(header.array_lengths["tokenizer.ggml.tokens"]),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{header.path}: missing or invalid hyperparameter {err}") from None
-
-
 def _plan(header: GGUFHeader, dims: ModelDims) -> list[_OutputTensor]:
     """The output tensors in qwen3 file order; every source tensor must be used with its expected shape."""
-    stored = {t.name: t for t in header.tensors}
-    layout = tensor_layout(dims, tied="output.weight" not in stored)
-    planned = []
-    for mapped in layout:
-        if mapped.unit_norm:
-            planned.append(_OutputTensor(mapped, None, gguf.GGMLQuantizationType.F32, 4 * mapped.shape[0]))
-            continue
-        entry = stored.get(mapped.gguf_name)
-        if entry is None:
-            raise InputError(f"{header.path}: tensor {mapped.gguf_name} is missing")
-        if entry.shape != mapped.ggml_shape:
-            raise InputError(
-                f"{header.path}: tensor {entry.name} has shape {list(entry.shape)}, expected {list(mapped.ggml_shape)}"
-            )
-        planned.append(_OutputTensor(mapped, entry, entry.type, entry.n_bytes))
-    extra = sorted(set(stored) - {t.mapped.gguf_name for t in planned})
+    planned = [
+        _OutputTensor(mapped, None, gguf.GGMLQuantizationType.F32, 4 * mapped.shape[0])
+        if entry is None
+        else _OutputTensor(mapped, entry, entry.type, entry.n_bytes)
+        for mapped, entry in match_layout(header, dims, with_norms=False)
+    ]
+    extra = sorted({t.name for t in header.tensors} - {t.mapped.gguf_name for t in planned})
     if extra:
         raise InputError(f"{header.path}: unexpected tensor {extra[0]} for a dense MobileLLM-R1 file")
     return planned

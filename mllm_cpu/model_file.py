@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gguf
 
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
-from mllm_cpu.convert.layout import gguf_tensor_shapes
+from mllm_cpu.convert.layout import ModelDims, match_layout
 from mllm_cpu.convert.repair import RELABELLED_EXPLANATION, is_relabelled_mobilellm, is_zero_expert_llama4
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
@@ -55,7 +54,7 @@ class ModelFile:
     @property
     def name(self) -> str:
         """general.name, or the file name."""
-        return str(self.header.get("general.name") or self.path.stem)
+        return str(self.header.get(gguf_keys.NAME) or self.path.stem)
 
     @property
     def is_mobilellm_r1(self) -> bool:
@@ -87,47 +86,12 @@ def validate_header(header: GGUFHeader) -> ModelFile:
         raise InputError(f"{path}: the file has no tokenizer (tokenizer.ggml.model and tokens)")
     if not header.tensors:
         raise InputError(f"{path}: the file has no tensors (a vocabulary-only file)")
-    try:
-        n_layer = int(header.metadata[f"{arch}.block_count"])
-        n_embd = int(header.metadata[f"{arch}.embedding_length"])
-        n_ctx_train = int(header.metadata[f"{arch}.context_length"])
-        n_head = _largest(header.get(f"{arch}.attention.head_count", 0))
-        n_head_kv = _largest(header.get(f"{arch}.attention.head_count_kv", n_head))
-        head_dim = int(header.get(f"{arch}.attention.key_length", n_embd // n_head if n_head else 0))
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: missing or invalid hyperparameter {err}") from None
-    n_vocab = header.array_lengths[gguf_keys.TOKENS]
-    model = ModelFile(path, header, n_layer, n_embd, n_head, n_head_kv, head_dim, n_vocab, n_ctx_train)
-    if model.is_mobilellm_r1:
-        _check_mobilellm_tensors(model)
-    return model
-
-
-def _largest(value: Any) -> int:
-    """A head count: per-layer lists (some architectures) count by their largest entry."""
-    return max((int(v) for v in value), default=0) if isinstance(value, list) else int(value)
-
-
-def _check_mobilellm_tensors(model: ModelFile) -> None:
-    """Every tensor the qwen3 graph reads must exist with the shape (ggml order) of the MobileLLM-R1 layout."""
-    header, path = model.header, model.path
-    try:
-        n_ff = int(header.metadata[f"{header.architecture}.feed_forward_length"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: missing or invalid hyperparameter {err}") from None
-    shapes = {t.name: t.shape for t in header.tensors}
-    expected = gguf_tensor_shapes(
-        model.n_layer,
-        model.n_embd,
-        model.n_head,
-        model.n_head_kv,
-        model.head_dim,
-        n_ff,
-        model.n_vocab,
-        tied="output.weight" not in shapes,
+    dims = ModelDims.from_header(header, complete=False)
+    n_ctx_train = header.hyperparameter(gguf_keys.arch_key(gguf.Keys.LLM.CONTEXT_LENGTH, arch))
+    model = ModelFile(
+        path, header, dims.n_layer, dims.n_embd, dims.n_head, dims.n_head_kv, dims.head_dim, dims.n_vocab, n_ctx_train
     )
-    for name, shape in expected.items():
-        if name not in shapes:
-            raise InputError(f"{path}: tensor {name} is missing")
-        if shapes[name] != shape:
-            raise InputError(f"{path}: tensor {name} has shape {list(shapes[name])}, expected {list(shape)}")
+    if model.is_mobilellm_r1:
+        # every tensor the qwen3 graph reads must exist with the shape of the MobileLLM-R1 layout
+        match_layout(header, ModelDims.from_header(header))
+    return model

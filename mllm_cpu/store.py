@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import gguf
 import platformdirs
 
 from mllm_cpu.console import RichConvertProgress, convert_columns, err, progress_bars
@@ -138,11 +139,11 @@ def default_model(models: list[Path]) -> Path:
 
 def _default_rank(model: ModelFile) -> tuple[bool, bool, bool, int, int, str]:
     summary = summarize_header(model.header)
-    names = " ".join(str(model.header.get(key) or "") for key in (gguf_keys.SOURCE_LABEL, "general.basename"))
+    basename = str(model.header.get(gguf.Keys.General.BASENAME) or "")
     label = summary.file_type.upper()
     return (
-        "mobilellm-r1" not in f"{names} {model.path.name}".lower(),
-        "synthetic" in f"{model.header.get('general.basename') or ''} {model.path.name}".lower(),
+        "mobilellm-r1" not in f"{model.header.get(gguf_keys.SOURCE_LABEL) or ''} {basename} {model.path.name}".lower(),
+        "synthetic" in f"{basename} {model.path.name}".lower(),
         not label.startswith(("Q4", "IQ4")),
         -summary.parameters,
         _QUANT_PREFERENCE.index(label) if label in _QUANT_PREFERENCE else len(_QUANT_PREFERENCE),

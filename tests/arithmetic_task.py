@@ -30,7 +30,7 @@ TARGET_SHAPE = TinyShape(
 DRAFT_SHAPE = TinyShape(
     hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1
 )
-TRAINING_STEPS = {"target": 250, "draft": 250}
+TRAINING_STEPS = {"target": 400, "draft": 400}
 LEARNING_RATE = 1e-2
 MIN_TERMS, MAX_TERMS = 2, 5
 LOW, HIGH = 1, 5
@@ -86,8 +86,8 @@ def trained_pair() -> dict[str, Path]:
     """Checkpoint folders of the trained target and draft models."""
     examples = training_examples()
     return {
-        "target": trained_checkpoint("sum-target", TARGET_SHAPE, examples, steps=TRAINING_STEPS["target"]),
-        "draft": trained_checkpoint("sum-draft", DRAFT_SHAPE, examples, steps=TRAINING_STEPS["draft"]),
+        role: trained_checkpoint(f"sum-{role}", shape, examples, steps=TRAINING_STEPS[role], lr=LEARNING_RATE)
+        for role, shape in (("target", TARGET_SHAPE), ("draft", DRAFT_SHAPE))
     }
 
 

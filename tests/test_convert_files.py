@@ -20,6 +20,7 @@ from mllm_cpu.convert.layout import hf_tensor_shapes
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_embedding_type, parse_quant_list
 from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS
+from mllm_cpu.core import gguf_keys
 from mllm_cpu.engine import Engine
 
 
@@ -42,26 +43,27 @@ def test_file_names_follow_the_gguf_convention(tiny_ggufs: dict[str, Path]) -> N
 def test_metadata_and_tokenizer_keys(tiny_checkpoint: Path, tiny_ggufs: dict[str, Path]) -> None:
     reader = gguf.GGUFReader(tiny_ggufs["q8_0"])
     config = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text())
-    assert _reader_value(reader, "general.architecture") == "qwen3"
-    assert str(_reader_value(reader, "general.basename")).startswith("MobileLLM-R1")
-    assert _reader_value(reader, "general.name")
-    assert _reader_value(reader, "general.size_label")
-    assert _reader_value(reader, "mllm_cpu.source_architecture") == "Llama4ForCausalLM"
-    assert _reader_value(reader, "mllm_cpu.source_label") == "MobileLLM-R1 (Llama4 dense)"
-    assert _reader_value(reader, "qwen3.context_length") == 4096
-    assert _reader_value(reader, "qwen3.rope.freq_base") == 8_000_000.0
-    assert _reader_value(reader, "tokenizer.ggml.model") == "gpt2"
-    assert _reader_value(reader, "tokenizer.ggml.pre") == "llama-bpe"
-    assert _reader_value(reader, "tokenizer.ggml.bos_token_id") == BOS_ID
-    assert _reader_value(reader, "tokenizer.ggml.eos_token_id") == EOT_ID
-    assert _reader_value(reader, "tokenizer.ggml.eot_token_id") == EOT_ID
-    assert _reader_value(reader, "tokenizer.ggml.eom_token_id") == EOM_ID
-    assert _reader_value(reader, "tokenizer.ggml.add_bos_token") is True
-    assert _reader_value(reader, "tokenizer.chat_template") == config["chat_template"]
-    types = _reader_value(reader, "tokenizer.ggml.token_type")
+    general, tokenizer = gguf.Keys.General, gguf.Keys.Tokenizer
+    assert _reader_value(reader, general.ARCHITECTURE) == "qwen3"
+    assert str(_reader_value(reader, general.BASENAME)).startswith("MobileLLM-R1")
+    assert _reader_value(reader, general.NAME)
+    assert _reader_value(reader, general.SIZE_LABEL)
+    assert _reader_value(reader, gguf_keys.SOURCE_ARCHITECTURE) == "Llama4ForCausalLM"
+    assert _reader_value(reader, gguf_keys.SOURCE_LABEL) == "MobileLLM-R1 (Llama4 dense)"
+    assert _reader_value(reader, gguf_keys.arch_key(gguf.Keys.LLM.CONTEXT_LENGTH, "qwen3")) == 4096
+    assert _reader_value(reader, gguf_keys.arch_key(gguf.Keys.Rope.FREQ_BASE, "qwen3")) == 8_000_000.0
+    assert _reader_value(reader, tokenizer.MODEL) == "gpt2"
+    assert _reader_value(reader, tokenizer.PRE) == "llama-bpe"
+    assert _reader_value(reader, tokenizer.BOS_ID) == BOS_ID
+    assert _reader_value(reader, tokenizer.EOS_ID) == EOT_ID
+    assert _reader_value(reader, tokenizer.EOT_ID) == EOT_ID
+    assert _reader_value(reader, tokenizer.EOM_ID) == EOM_ID
+    assert _reader_value(reader, tokenizer.ADD_BOS) is True
+    assert _reader_value(reader, tokenizer.CHAT_TEMPLATE) == config["chat_template"]
+    types = _reader_value(reader, tokenizer.TOKEN_TYPE)
     assert types[BOS_ID] == gguf.TokenType.CONTROL and types[0] == gguf.TokenType.NORMAL
     hf_merges = json.loads((tiny_checkpoint / "tokenizer.json").read_text())["model"]["merges"]
-    assert _reader_value(reader, "tokenizer.ggml.merges") == [" ".join(pair) for pair in hf_merges]
+    assert _reader_value(reader, tokenizer.MERGES) == [" ".join(pair) for pair in hf_merges]
 
 
 def test_summary_agrees_with_gguf_py_and_llama_cpp(tiny_ggufs: dict[str, Path]) -> None:
@@ -166,6 +168,8 @@ def test_model_card_license_reaches_the_file(tiny_checkpoint: Path, tmp_path: Pa
     )
     path = convert_checkpoint(folder, parse_quant_list("q8_0"), tmp_path / "out")[0].summary.path
     reader = gguf.GGUFReader(path)
-    assert _reader_value(reader, "general.license") == "other"
-    assert _reader_value(reader, "general.license.name") == "fair-noncommercial-research-license"
-    assert _reader_value(reader, "general.base_model.0.repo_url").endswith("facebook/MobileLLM-R1-950M-base")
+    general = gguf.Keys.General
+    assert _reader_value(reader, general.LICENSE) == "other"
+    assert _reader_value(reader, general.LICENSE_NAME) == "fair-noncommercial-research-license"
+    repo_url = general.BASE_MODEL_REPO_URL.format(id=0)
+    assert str(_reader_value(reader, repo_url)).endswith("facebook/MobileLLM-R1-950M-base")

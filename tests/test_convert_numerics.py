@@ -97,7 +97,11 @@ def test_4bit_files_keep_clear_top1_decisions(converted: tuple[Path, dict[str, P
     folder, files = converted
     ids = _prompt_ids(folder, 200)
     reference = reference_logits(folder, ids)
-    got = _llama_logits(files[level], ids)
+    assert_clear_top1_kept(_llama_logits(files[level], ids), reference)
+
+
+def assert_clear_top1_kept(got: np.ndarray, reference: np.ndarray) -> None:
+    """Where the reference leads by 2+ logits (at least 5 positions), 80% of top-1 tokens agree; r > 0.8."""
     ordered = np.sort(reference, axis=1)
     clear = ordered[:, -1] - ordered[:, -2] > 2.0
     assert clear.sum() >= 5

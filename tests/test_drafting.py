@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from arithmetic_task import converted_pair, problems, render_prompt
 
-from bench.draft import predicted_speedup
 from cli_runner import error_lines, run_cli
+from mllm_cpu.bench.draft import predicted_speedup
 from mllm_cpu.engine import Engine, SamplingOptions
 
 GREEDY = SamplingOptions(temperature=0.0, top_k=1, max_tokens=80, seed=0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from forcing import EOT_ID, forcing_options
+from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import DEFAULT_CONTEXT, Engine, SamplingOptions, sampling_defaults
 from mllm_cpu.hardware import physical_cores
@@ -150,11 +151,11 @@ def test_multi_turn_prefix_reuse_gives_the_same_tokens(engine: Engine) -> None:
 def test_sampling_defaults_from_the_file_metadata() -> None:
     options = sampling_defaults(
         {
-            "general.sampling.temp": 0.8,
-            "general.sampling.top_k": 50,
-            "general.sampling.top_p": 0.9,
-            "general.sampling.min_p": 0.05,
-            "general.sampling.penalty_repeat": 1.1,
+            gguf.Keys.General.SAMPLING_TEMP: 0.8,
+            gguf.Keys.General.SAMPLING_TOP_K: 50,
+            gguf.Keys.General.SAMPLING_TOP_P: 0.9,
+            gguf.Keys.General.SAMPLING_MIN_P: 0.05,
+            gguf.Keys.General.SAMPLING_PENALTY_REPEAT: 1.1,
         }
     )
     assert (options.temperature, options.top_k, options.top_p, options.min_p) == pytest.approx((0.8, 50, 0.9, 0.05))
@@ -206,6 +207,7 @@ def _bad_magic(source: Path, target: Path) -> Path:
     return target
 
 
+LLAMA4_EXPERT_COUNT = gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, "llama4")
 BAD_FILES = {
     "truncated": (lambda good, folder: _truncated(good, folder / "half.gguf"), "truncated"),
     "wrong magic": (lambda good, folder: _bad_magic(good, folder / "magic.gguf"), "not a GGUF file (bad magic"),
@@ -214,7 +216,7 @@ BAD_FILES = {
         "unknown architecture 'mystery'",
     ),
     "llama4 with zero experts": (
-        lambda good, folder: _write_gguf(folder / "llama4.gguf", "llama4", {"llama4.expert_count": 0}),
+        lambda good, folder: _write_gguf(folder / "llama4.gguf", "llama4", {LLAMA4_EXPERT_COUNT: 0}),
         "llama4 file with zero experts",
     ),
     "not a file": (lambda good, folder: folder / "absent.gguf", "no such file"),
@@ -232,9 +234,9 @@ def test_bad_files_are_rejected_with_one_line(case: str, synthetic_tiny_gguf: Pa
 
 
 def test_llama4_zero_expert_file_is_what_upstream_writes(tmp_path: Path) -> None:
-    path = _write_gguf(tmp_path / "upstream.gguf", "llama4", {"llama4.expert_count": 0})
+    path = _write_gguf(tmp_path / "upstream.gguf", "llama4", {LLAMA4_EXPERT_COUNT: 0})
     reader = gguf.GGUFReader(path)
-    assert reader.fields["general.architecture"].contents() == "llama4"
-    assert reader.fields["llama4.expert_count"].contents() == 0
+    assert reader.fields[gguf_keys.ARCHITECTURE].contents() == "llama4"
+    assert reader.fields[LLAMA4_EXPERT_COUNT].contents() == 0
     with pytest.raises(InputError, match="mllm-cpu convert"):
         Engine(path)

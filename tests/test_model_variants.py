@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from checkpoints import TOKENIZER_CORPUS, load_tokenizer, reference_logits
-from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine
+from mllm_cpu.model_file import validate_model_file
 
 PUBLISHED = {  # hub name -> (shape preset, context length)
     f"MobileLLM-{family}-{size.upper()}{suffix}": (size, context)
@@ -84,7 +84,7 @@ def test_a_base_layout_checkpoint_runs_with_its_4k_context(tiny_checkpoint: Path
     config["attention_chunk_size"] = 4096
     (folder / "config.json").write_text(json.dumps(config))
     path = convert_checkpoint(folder, parse_quant_list("f32"), tmp_path / "out")[0].summary.path
-    assert read_gguf_header(path).get("qwen3.context_length") == 4096
+    assert validate_model_file(path).n_ctx_train == 4096
 
     ids = load_tokenizer(folder).encode(" ".join(TOKENIZER_CORPUS)).ids[:60]
     model = llama_cpp.Llama(

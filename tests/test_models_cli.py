@@ -34,7 +34,7 @@ def _llama4_zero_experts(path: Path) -> Path:
     writer = gguf.GGUFWriter(path, "llama4")
     writer.add_block_count(1)
     writer.add_context_length(4096)
-    writer.add_uint32("llama4.expert_count", 0)
+    writer.add_expert_count(0)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(["a", "b"])
     writer.add_tensor("token_embd.weight", np.zeros((2, 32), dtype=np.float32))

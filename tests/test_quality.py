@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from trained_models import trained_checkpoint
 
 from checkpoints import BOS_ID, TINY_VOCAB_SIZE, TinyShape, load_tokenizer, reference_logits
 from cli_runner import error_lines, files_in, run_cli
 from mllm_cpu.bench.quality import QualityOptions, default_text, run_quality, text_tokens
-from trained_models import trained_checkpoint
 
 SHAPE = TinyShape(
     hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
@@ -59,7 +59,9 @@ def ladder(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """`mllm-cpu quality CHECKPOINT --json` over the ladder, converted into a store of its own."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLLM_CPU_HOME", str(tmp_path_factory.mktemp("quality_home")))
-        result = run_cli("quality", str(trained), "--quant", LADDER, "--ctx", str(N_CTX), "--chunks", str(CHUNKS), "--json")
+        result = run_cli(
+            "quality", str(trained), "--quant", LADDER, "--ctx", str(N_CTX), "--chunks", str(CHUNKS), "--json"
+        )
         assert result.returncode == 0, result.stderr
         yield json.loads(result.stdout)
 
@@ -114,9 +116,7 @@ def test_perplexity_equals_transformers_and_kl_grows_down_the_ladder(ladder: dic
     assert {r["board"] for r in ladder["recommendations"]} == {"rpi4", "rpi5", "pi-zero-2", "laptop"}
 
 
-def test_a_copy_of_the_reference_has_kl_zero_and_the_same_perplexity(
-    ladder: dict[str, Any], tmp_path: Path
-) -> None:
+def test_a_copy_of_the_reference_has_kl_zero_and_the_same_perplexity(ladder: dict[str, Any], tmp_path: Path) -> None:
     reference = Path(_level(ladder, "F32")["path"])
     copy = tmp_path / "copy-F32.gguf"
     shutil.copyfile(reference, copy)

@@ -16,7 +16,14 @@ import llama_cpp
 import numpy as np
 import pytest
 from llama_cpp_sources import convert_with_llama_cpp
-from test_convert_numerics import ERROR_BUDGET, F32_KV, UNIT_ROUNDOFF, _llama_logits, _prompt_ids
+from test_convert_numerics import (
+    ERROR_BUDGET,
+    F32_KV,
+    UNIT_ROUNDOFF,
+    _llama_logits,
+    _prompt_ids,
+    assert_clear_top1_kept,
+)
 
 from checkpoints import reference_logits
 from cli_runner import error_lines, files_in, run_cli
@@ -38,20 +45,21 @@ def broken(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """llama4 zero-expert files of the tiny checkpoint, each made by llama.cpp's own tools."""
     folder = tmp_path_factory.mktemp("broken")
     files = {t: convert_with_llama_cpp(tiny_checkpoint, folder / f"upstream-{t}.gguf", t) for t in CONVERTER_TYPES}
-    for name in QUANTIZER_TYPES:
-        files[name] = folder / f"upstream-{name}.gguf"
-        quantize_with_llama_cpp(files["f16"], files[name], QUANT_LEVELS[name])
-    return files
+    return _with_quantized(files, folder / "upstream")
 
 
 @pytest.fixture(scope="module")
 def ours(tiny_ggufs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Our own conversion at each type; the 4-bit ones quantized by llama.cpp from our F16 file, like `broken`."""
     folder = tmp_path_factory.mktemp("ours")
-    files = {t: tiny_ggufs[t] for t in CONVERTER_TYPES}
+    return _with_quantized({t: tiny_ggufs[t] for t in CONVERTER_TYPES}, folder / "ours")
+
+
+def _with_quantized(files: dict[str, Path], stem: Path) -> dict[str, Path]:
+    """`files` and llama.cpp's quantizations of its F16 file (STEM-TYPE.gguf) at QUANTIZER_TYPES."""
     for name in QUANTIZER_TYPES:
-        files[name] = folder / f"ours-{name}.gguf"
-        quantize_with_llama_cpp(tiny_ggufs["f16"], files[name], QUANT_LEVELS[name])
+        files[name] = stem.with_name(f"{stem.name}-{name}.gguf")
+        quantize_with_llama_cpp(files["f16"], files[name], QUANT_LEVELS[name])
     return files
 
 
@@ -75,7 +83,7 @@ def _tensor_bytes(header: GGUFHeader) -> dict[str, tuple[str, tuple[int, ...], b
 @pytest.mark.parametrize("name", TYPES)
 def test_stock_llama_cpp_refuses_the_upstream_file_and_we_name_repair(broken: dict[str, Path], name: str) -> None:
     header = read_gguf_header(broken[name])
-    assert header.architecture == "llama4" and header.get("llama4.expert_count") == 0
+    assert header.architecture == "llama4" and header.get(gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, "llama4")) == 0
     assert needs_repair(broken[name])
     with pytest.raises(ValueError):
         llama_cpp.Llama(str(broken[name]), verbose=False)
@@ -109,13 +117,13 @@ def test_metadata_is_carried_over_and_provenance_recorded(broken: dict[str, Path
     source = gguf.GGUFReader(broken["q8_0"])
     result = gguf.GGUFReader(repaired["q8_0"])
     values = {name: field.contents() for name, field in result.fields.items()}
-    assert values["general.architecture"] == "qwen3"
+    assert values[gguf_keys.ARCHITECTURE] == "qwen3"
     assert values[gguf_keys.REPAIRED_FROM] == broken["q8_0"].name
     assert values[gguf_keys.ORIGIN] == "repaired"
     assert values[gguf_keys.SOURCE_ARCHITECTURE] == "Llama4ForCausalLM"
     assert not [key for key in values if key.startswith("llama4.") or "expert" in key or "sliding" in key]
     for key, field in source.fields.items():
-        if key.startswith(("tokenizer.", "general.")) and key != "general.architecture":
+        if key.startswith(("tokenizer.", "general.")) and key != gguf_keys.ARCHITECTURE:
             assert values[key] == field.contents(), key
         if key.startswith("llama4.") and not any(word in key for word in ("expert", "moe", "sliding")):
             assert values[key.replace("llama4.", "qwen3.", 1)] == field.contents(), key
@@ -141,12 +149,7 @@ def test_repaired_4bit_files_keep_clear_top1_decisions(
     """As for our own 4-bit files (see test_convert_numerics): clear top-1 choices kept, logits correlated."""
     ids = _prompt_ids(tiny_checkpoint, 200)
     reference = reference_logits(tiny_checkpoint, ids)
-    got = _llama_logits(repaired[name], ids)
-    ordered = np.sort(reference, axis=1)
-    clear = ordered[:, -1] - ordered[:, -2] > 2.0
-    assert clear.sum() >= 5
-    assert (got.argmax(1) == reference.argmax(1))[clear].mean() >= 0.8
-    assert np.corrcoef(got.ravel(), reference.ravel())[0, 1] > 0.8
+    assert_clear_top1_kept(_llama_logits(repaired[name], ids), reference)
 
 
 def test_repair_command(broken: dict[str, Path], tmp_path: Path, isolated_store: Path) -> None:
@@ -192,7 +195,7 @@ def _relabelled_as_llama(source: Path, target: Path) -> Path:
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(target, "llama")
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or "expert" in key or "sliding" in key:
+        if key.startswith("GGUF.") or key == gguf_keys.ARCHITECTURE or "expert" in key or "sliding" in key:
             continue
         sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key.replace("llama4.", "llama.", 1), field.contents(), field.types[0], sub_type)

@@ -38,7 +38,7 @@ def test_prompt_uses_the_task_system_prompt(engine: Engine) -> None:
 
 
 def test_boxed_answer_is_extracted_and_checked(engine: Engine) -> None:
-    output = "Fifty pairs of -1: \\boxed{-50}"
+    output = "Sum: \\boxed{-50}"
     solution = solve(engine, "Compute 1-2+3-4+...+99-100.", "auto", forcing_options(engine, output))
     assert solution.output == output
     assert solution.task == "math"
@@ -49,9 +49,9 @@ def test_boxed_answer_is_extracted_and_checked(engine: Engine) -> None:
 
 
 def test_equivalent_forms_are_correct(engine: Engine) -> None:
-    solution = solve(engine, "What is 1/2 + 0?", "math", forcing_options(engine, "so \\boxed{\\frac{1}{2}}"))
-    assert solution.answer == "\\frac{1}{2}"
-    assert is_correct(solution, "0.5")
+    solution = solve(engine, "What is 1/2 + 0?", "math", forcing_options(engine, "\\boxed{0.5}"))
+    assert solution.answer == "0.5"
+    assert is_correct(solution, "\\frac{1}{2}")
     assert is_correct(solution, "1/2")
 
 

@@ -73,4 +73,4 @@ def test_origin_of_repaired_and_foreign_files() -> None:
     }
     assert Origin.from_metadata(pulled_and_repaired).describe() == "pulled someone/R1-GGUF@0123456789ab, repaired"
     assert Origin.from_metadata({gguf_keys.REPAIRED_FROM: "R1.Q4_K_M.gguf"}) == Origin("repaired", "R1.Q4_K_M.gguf")
-    assert Origin.from_metadata({"general.architecture": "llama"}).describe() == "unknown"
+    assert Origin.from_metadata({gguf_keys.ARCHITECTURE: "llama"}).describe() == "unknown"

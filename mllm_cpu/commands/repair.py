@@ -58,13 +58,13 @@ def repaired_name(header: GGUFHeader) -> str:
     """The output file name by llama.cpp's naming convention, e.g. MobileLLM-R1-950M-Q4_K_M.gguf."""
     meta = header.metadata
     label = summarize_header(header).file_type
-    name = meta.get("general.name") or header.path.stem
+    general = gguf.Keys.General
     stem = gguf.naming_convention(
-        name,
-        meta.get("general.basename"),
-        meta.get("general.finetune"),
-        meta.get("general.version"),
-        meta.get("general.size_label"),
+        meta.get(general.NAME) or header.path.stem,
+        meta.get(general.BASENAME),
+        meta.get(general.FINETUNE),
+        meta.get(general.VERSION),
+        meta.get(general.SIZE_LABEL),
         None if label == "unknown" else label,
     )
     return f"{stem}.gguf"
