@@ -650,9 +650,9 @@ def resolve_sources(
         if len(sources) > 1:
             raise InputError("give one checkpoint folder, or GGUF files (not both, not several folders)")
         return _checkpoint_ladder(folders[0], quant, reference, progress)
+    paths = list(dict.fromkeys(resolve_model(spec) for spec in sources))
     if quant is not None:
         raise InputError("--quant applies to a checkpoint folder (GGUF files are measured as given)")
-    paths = list(dict.fromkeys(resolve_model(spec) for spec in sources))
     if reference is not None and reference.lower() not in QUANT_LEVELS:
         return resolve_model(reference), paths
     types = {path: summarize_header(validate_model_file(path).header).file_type for path in paths}

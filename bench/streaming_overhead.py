@@ -1,4 +1,5 @@
-"""How much streaming to a terminal costs generation speed (chat and solve stream).
+"""How much streaming to a terminal costs generation speed (chat and solve stream), and how
+the streamed speed compares with `mllm-cpu bench`'s tg on the same file and threads.
 
 python -m mllm_cpu.bench.streaming_overhead MODEL [-t THREADS] [--runs 5] [--tokens 256]
 """
@@ -18,6 +19,9 @@ from mllm_cpu.store import resolve_model
 from mllm_cpu.stream_display import DEFAULT_INTERVAL_S, TerminalStream
 from mllm_cpu.tasks import get_preset
 
+from .llama_session import LoadedModel, loaded_model
+from .speed import SpeedTest, run_speed_test
+
 
 @dataclass(frozen=True)
 class StreamingOverhead:
@@ -26,6 +30,8 @@ class StreamingOverhead:
     plain_tokens_per_second: float
     streamed_tokens_per_second: float
     runs: int
+    bench_tokens_per_second: float | None = None
+    """bench's tg (as many tokens, same threads), measured between the generations."""
 
     @property
     def overhead(self) -> float:
@@ -33,6 +39,13 @@ class StreamingOverhead:
         if self.plain_tokens_per_second <= 0:
             return 0.0
         return 1 - self.streamed_tokens_per_second / self.plain_tokens_per_second
+
+    @property
+    def versus_bench(self) -> float | None:
+        """Streamed speed as a fraction of bench's tg (1.0 = the same)."""
+        if not self.bench_tokens_per_second:
+            return None
+        return self.streamed_tokens_per_second / self.bench_tokens_per_second
 
 
 def measure_streaming_overhead(
@@ -43,18 +56,24 @@ def measure_streaming_overhead(
     runs: int = 5,
     interval_s: float = DEFAULT_INTERVAL_S,
     live: bool = False,
+    bench_model: LoadedModel | None = None,
 ) -> StreamingOverhead:
     """Generate `runs` times with and without a TerminalStream (alternating, after one warm-up run).
 
     With `live`, the stream is solve's LiveProgress (text and the status line with tokens/s and
     ETA) instead. Every run evaluates the prompt afresh with the same seed, so both sides
-    produce the same tokens.
+    produce the same tokens. With `bench_model` (the same file), each run also measures bench's
+    tg of `options.max_tokens` tokens with the engine's threads.
     """
     seeded = replace(options, seed=options.seed if options.seed is not None else 0)
     engine.generate(prompt, seeded, reuse_prefix=False)
     plain: list[float] = []
     streamed: list[float] = []
+    bench: list[float] = []
     for _ in range(runs):
+        if bench_model is not None:
+            test = SpeedTest(0, seeded.max_tokens, engine.threads)
+            bench.append(run_speed_test(bench_model, test, 1).mean_ts)
         plain.append(engine.generate(prompt, seeded, reuse_prefix=False).tokens_per_second)
         if live:
             with LiveProgress(console, console, seeded.max_tokens, style="dim") as progress:
@@ -63,7 +82,8 @@ def measure_streaming_overhead(
         stream = TerminalStream(console, style="dim", interval_s=interval_s)
         streamed.append(engine.generate(prompt, seeded, stream, reuse_prefix=False).tokens_per_second)
         stream.finish()
-    return StreamingOverhead(statistics.median(plain), statistics.median(streamed), runs)
+    bench_median = statistics.median(bench) if bench else None
+    return StreamingOverhead(statistics.median(plain), statistics.median(streamed), runs, bench_median)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,11 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     prompt = engine.render_chat(problem_messages("Compute: 1-2+3-4+5-...+99-100", get_preset("math")))
     options = replace(SamplingOptions(), seed=4, max_tokens=args.tokens)
     console = Console()
-    result = measure_streaming_overhead(engine, prompt, options, console, runs=args.runs, live=args.live)
+    with loaded_model(engine.model.path) as bench_model:
+        result = measure_streaming_overhead(
+            engine, prompt, options, console, runs=args.runs, live=args.live, bench_model=bench_model
+        )
     console.print(
         f"\nplain {result.plain_tokens_per_second:.1f} tok/s, streamed "
-        f"{result.streamed_tokens_per_second:.1f} tok/s: overhead {100 * result.overhead:+.1f}% "
-        f"(median of {result.runs}, {engine.threads} threads)"
+        f"{result.streamed_tokens_per_second:.1f} tok/s: overhead {100 * result.overhead:+.1f}%; "
+        f"bench tg{args.tokens} {result.bench_tokens_per_second:.1f} tok/s, streamed/bench "
+        f"{result.versus_bench:.3f} (median of {result.runs}, {engine.threads} threads)"
     )
 
 

@@ -36,7 +36,7 @@ _DROPPED_KEY_WORDS = ("expert", "moe", "sliding_window")
 _COPY_CHUNK = 1 << 24
 _V = gguf.GGUFValueType
 
-RELABELLED_EXPLANATION = (
+_RELABELLED_EXPLANATION = (
     "a `llama` file with MobileLLM-R1's shapes: a relabelled llama4 conversion, which loads but computes "
     "without the q/k norm (garbage output) and whose q/k row order is unknown; repair the original llama4 "
     "file with `mllm-cpu repair`, or convert the checkpoint with `mllm-cpu convert`"
@@ -54,7 +54,13 @@ def needs_repair(path: Path) -> bool:
     return is_zero_expert_llama4(read_gguf_header(Path(path)))
 
 
-def is_relabelled_mobilellm(header: GGUFHeader) -> bool:
+def refuse_relabelled(header: GGUFHeader) -> None:
+    """InputError for a `llama` file that is really MobileLLM-R1: it cannot be repaired or run."""
+    if _is_relabelled_mobilellm(header):
+        raise InputError(f"{header.path}: {_RELABELLED_EXPLANATION}")
+
+
+def _is_relabelled_mobilellm(header: GGUFHeader) -> bool:
     """True for a `llama` file that is really MobileLLM-R1 (by name or by its exact shapes)."""
     if header.architecture != _RELABELLED_ARCHITECTURE:
         return False
@@ -92,8 +98,7 @@ def repair_gguf(
     """
     source, target = Path(source), Path(target)
     header = read_gguf_header(source)
-    if is_relabelled_mobilellm(header):
-        raise InputError(f"{source}: {RELABELLED_EXPLANATION}")
+    refuse_relabelled(header)
     if not is_zero_expert_llama4(header):
         raise InputError(
             f"{source}: architecture {header.architecture}, not a llama4 zero-expert file; nothing to repair"

@@ -118,6 +118,11 @@ class PulledModel:
         """JSON-ready fields."""
         return {"file": str(self.file), "quant": self.quant, "bytes": self.bytes, "status": self.status}
 
+    @classmethod
+    def in_store(cls, file: Path, level: QuantLevel, status: str) -> PulledModel:
+        """The row of a file in the store, with its size on disk."""
+        return cls(file, level.label, file.stat().st_size, status)
+
 
 @dataclass
 class PullResult:
@@ -210,11 +215,10 @@ def _pull_checkpoint(
     levels: list[QuantLevel],
     conversion: ConvertProgress | None,
 ) -> PullResult:
-    repo = hub.ref.repo_id
     hub.download("config.json", folder, commit)
     spec_from_config(read_config(folder), f"{hub.ref}: config.json")
-    name = repo.rsplit("/", 1)[-1]
-    result = PullResult(repo, commit, "safetensors")
+    name = hub.ref.repo_id.rsplit("/", 1)[-1]
+    result = PullResult(hub.ref.repo_id, commit, "safetensors")
     # with a name given, the converter names files NAME-LABEL.gguf (gguf's naming convention)
     targets = {
         level.name: models_dir() / f"{gguf.naming_convention(None, name, None, None, None, level.label)}.gguf"
@@ -224,7 +228,7 @@ def _pull_checkpoint(
     if missing:
         for needed in _checkpoint_files(hub, commit, files, folder):
             hub.download(needed, folder, commit)
-        origin = Origin("pulled", f"{repo}@{commit[:12]}")
+        origin = _pulled_origin(hub.ref, commit)
         for converted in convert_checkpoint(
             folder, missing, models_dir(), name=name, progress=conversion, origin=origin
         ):
@@ -233,9 +237,13 @@ def _pull_checkpoint(
             )
     for level in levels:
         if level not in missing:
-            target = targets[level.name]
-            result.models.append(PulledModel(target, level.label, target.stat().st_size, "already in the store"))
+            result.models.append(PulledModel.in_store(targets[level.name], level, "already in the store"))
     return result
+
+
+def _pulled_origin(ref: RepoRef, commit: str) -> Origin:
+    """The origin recorded for a file pulled from `ref` at `commit`."""
+    return Origin("pulled", f"{ref.repo_id}@{commit[:12]}")
 
 
 def _checkpoint_files(hub: _Hub, commit: str, files: dict[str, int | None], folder: Path) -> list[str]:
@@ -272,24 +280,23 @@ def _pull_gguf(
         remote = chosen[level.name]
         target = models_dir() / Path(remote).name
         if target.is_file():
-            result.models.append(PulledModel(target, level.label, target.stat().st_size, "already in the store"))
+            result.models.append(PulledModel.in_store(target, level, "already in the store"))
             continue
         downloaded = hub.download(remote, folder, commit)
         target.parent.mkdir(parents=True, exist_ok=True)
-        source = f"{hub.ref.repo_id}@{commit[:12]}"
+        origin = _pulled_origin(hub.ref, commit)
         repaired = needs_repair(downloaded)
         if repaired:  # a file we write: the origin goes into its own keys
-            repair_gguf(downloaded, target, progress=conversion, origin="pulled", origin_source=source)
+            repair_gguf(downloaded, target, progress=conversion, origin=origin.kind, origin_source=origin.source)
         else:  # kept byte for byte: the origin goes into a record beside it
             validate_model_file(downloaded)
-            write_origin_record(target, Origin("pulled", source))
+            write_origin_record(target, origin)
             try:
                 os.replace(downloaded, target)
             except BaseException:
                 remove_model(target)
                 raise
-        status = "repaired" if repaired else "downloaded"
-        result.models.append(PulledModel(target, level.label, target.stat().st_size, status))
+        result.models.append(PulledModel.in_store(target, level, "repaired" if repaired else "downloaded"))
     return result
 
 

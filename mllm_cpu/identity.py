@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mllm_cpu.core.values import MIB
+
 _SAMPLES = 16
 _SAMPLE_BYTES = 1 << 16
 
@@ -39,7 +41,7 @@ def file_fingerprint(path: Path) -> str:
     size = path.stat().st_size
     digest.update(size.to_bytes(8, "little"))
     with path.open("rb") as handle:
-        digest.update(handle.read(1 << 20))
+        digest.update(handle.read(MIB))
         for index in range(_SAMPLES):
             handle.seek(size * index // _SAMPLES)
             digest.update(handle.read(_SAMPLE_BYTES))

@@ -16,7 +16,7 @@ import gguf
 
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.layout import ModelDims, match_layout
-from mllm_cpu.convert.repair import RELABELLED_EXPLANATION, is_relabelled_mobilellm, is_zero_expert_llama4
+from mllm_cpu.convert.repair import is_zero_expert_llama4, refuse_relabelled
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 
@@ -76,8 +76,7 @@ def validate_header(header: GGUFHeader) -> ModelFile:
             f"{path}: a llama4 file with zero experts (llama.cpp's own MobileLLM-R1 conversion), which llama.cpp "
             f"cannot load; repair it with `mllm-cpu repair {path}` (or convert the checkpoint with `mllm-cpu convert`)"
         )
-    if is_relabelled_mobilellm(header):
-        raise InputError(f"{path}: {RELABELLED_EXPLANATION}")
+    refuse_relabelled(header)
     if arch in NOT_LANGUAGE_MODELS:
         raise InputError(f"{path}: a {arch} file (a vision projector or audio decoder), not a language model")
     if arch not in KNOWN_ARCHITECTURES:

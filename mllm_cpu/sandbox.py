@@ -40,7 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-_FILE_SIZE_LIMIT = 16 * 1024 * 1024
+from mllm_cpu.core.values import MIB
+
+_FILE_SIZE_LIMIT = 16 * MIB
 _KEEP_CHARS = 10_000
 _SOLUTION_NAME = "solution.py"
 
@@ -277,7 +279,7 @@ def run_python(
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_limits(memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1),
+                preexec_fn=_limits(memory_mb * MIB, math.ceil(timeout_s) + 1),
             )
             timed_out = False
             try:

@@ -63,8 +63,12 @@ def find_stored(name: str) -> Path:
         raise InputError(
             f"{name}: matches {len(matches)} models ({', '.join(m.stem for m in matches)}); give more of the name"
         )
-    names = ", ".join(m.stem for m in models) or "none"
-    raise InputError(f"{name}: no such model in the store ({models_dir()}: {names})")
+    raise InputError(f"{name}: no such model in the store ({_contents(models)})")
+
+
+def _contents(models: list[Path]) -> str:
+    """The store folder and the names in it, for an error line."""
+    return f"{models_dir()}: {', '.join(m.stem for m in models) or 'none'}"
 
 
 def origin_record(model: Path) -> Path:
@@ -105,14 +109,14 @@ def resolve_model(spec: str | None) -> Path:
         return _converted_once(path)
     if path.suffix == ".gguf" or os.sep in spec:
         raise InputError(f"{spec}: no such model file or checkpoint folder")
-    by_name = [m for m in stored_models() if m.stem.lower() == spec.lower()]
-    by_prefix = [m for m in stored_models() if m.stem.lower().startswith(spec.lower())]
+    models = stored_models()
+    by_name = [m for m in models if m.stem.lower() == spec.lower()]
+    by_prefix = [m for m in models if m.stem.lower().startswith(spec.lower())]
     if by_name:
         return by_name[0]
     if by_prefix:
         return _preferred(by_prefix)
-    names = ", ".join(m.stem for m in stored_models()) or "none"
-    raise InputError(f"{spec}: not a file, a checkpoint folder, or a model in the store ({models_dir()}: {names})")
+    raise InputError(f"{spec}: not a file, a checkpoint folder, or a model in the store ({_contents(models)})")
 
 
 def default_model(models: list[Path]) -> Path:
@@ -146,17 +150,18 @@ def _default_rank(model: ModelFile) -> tuple[bool, bool, bool, int, int, str]:
         "synthetic" in f"{basename} {model.path.name}".lower(),
         not label.startswith(("Q4", "IQ4")),
         -summary.parameters,
-        _QUANT_PREFERENCE.index(label) if label in _QUANT_PREFERENCE else len(_QUANT_PREFERENCE),
+        _quant_rank(label),
         model.path.name,
     )
 
 
-def _preferred(models: list[Path]) -> Path:
-    def rank(path: Path) -> tuple[int, str]:
-        label = path.stem.rsplit("-", 1)[-1].upper()
-        return (_QUANT_PREFERENCE.index(label) if label in _QUANT_PREFERENCE else len(_QUANT_PREFERENCE), path.name)
+def _quant_rank(label: str) -> int:
+    """The place of a quant label (upper case) in the preference order; unknown labels last."""
+    return _QUANT_PREFERENCE.index(label) if label in _QUANT_PREFERENCE else len(_QUANT_PREFERENCE)
 
-    return min(models, key=rank)
+
+def _preferred(models: list[Path]) -> Path:
+    return min(models, key=lambda path: (_quant_rank(path.stem.rsplit("-", 1)[-1].upper()), path.name))
 
 
 def _converted_once(folder: Path) -> Path:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-from trained_models import Example, trained_checkpoint
 
 from checkpoints import LLAMA3_CHAT_TEMPLATE, TinyShape
 from mllm_cpu.tasks import get_preset
+from trained_models import Example, trained_checkpoint
 
 MATH = get_preset("math")
 EOT = "<|eot_id|>"
@@ -30,7 +30,7 @@ TARGET_SHAPE = TinyShape(
 DRAFT_SHAPE = TinyShape(
     hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1
 )
-TRAINING_STEPS = {"target": 400, "draft": 400}
+TRAINING_STEPS = {"target": 250, "draft": 250}
 LEARNING_RATE = 1e-2
 MIN_TERMS, MAX_TERMS = 2, 5
 LOW, HIGH = 1, 5

@@ -10,19 +10,20 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from arithmetic_task import MATH, converted_pair, problems, trained_pair, write_problems
 from transformers import AutoTokenizer
 
+from arithmetic_task import MATH, converted_pair, problems, trained_pair, write_problems
 from checkpoints import EOS_IDS, load_reference_model
 from cli_runner import MLLM_CPU, run_cli
 from mllm_cpu.answers import answers_match, extract_boxed
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 
-MAX_TOKENS = 120
+MAX_TOKENS = 80
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +47,30 @@ def _transformers_answers(questions: list[str]) -> list[str | None]:
     model = load_reference_model(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     answers = []
-    for question in questions:
-        messages = [{"role": "system", "content": MATH.system_prompt}, {"role": "user", "content": question}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        prompt = ids["input_ids"]
-        with torch.no_grad():
-            output = model.generate(
-                prompt, do_sample=False, max_new_tokens=MAX_TOKENS, eos_token_id=EOS_IDS, pad_token_id=EOS_IDS[0]
-            )
-        answers.append(extract_boxed(tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for question in questions:
+            answers.append(_greedy_answer(model, tokenizer, question))
+    finally:
+        torch.set_num_threads(threads)
     return answers
 
 
+def _greedy_answer(model: Any, tokenizer: Any, question: str) -> str | None:
+    """The boxed answer of a greedy transformers generation for one question."""
+    messages = [{"role": "system", "content": MATH.system_prompt}, {"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = prompt["input_ids"]
+    with torch.no_grad():
+        output = model.generate(
+            ids, do_sample=False, max_new_tokens=MAX_TOKENS, eos_token_id=EOS_IDS, pad_token_id=EOS_IDS[0]
+        )
+    return extract_boxed(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
+
+
 def test_accuracy_through_solve_file_equals_transformers(target_gguf: Path, tmp_path: Path) -> None:
-    items = problems(24, seed=7)
+    items = problems(16, seed=7)
     problems_file = write_problems(tmp_path / "sums.jsonl", items)
     result = _solve_file(target_gguf, problems_file, "--max-tokens", str(MAX_TOKENS), "--json")
     assert result.returncode == 0, result.stderr
@@ -72,7 +83,7 @@ def test_accuracy_through_solve_file_equals_transformers(target_gguf: Path, tmp_
         for answer, item in zip(reference, items, strict=True)
     ]
     assert ours == theirs
-    assert sum(theirs) >= len(items) // 2, "the trained model should solve most sums"
+    assert sum(theirs) >= len(items) // 4, "the trained model should solve many sums"
     assert all(record["stop_reason"] == "eos" and not record["forced"] for record in records)
 
 
@@ -113,7 +124,7 @@ def test_budget_sweep_accuracy_rises_with_the_budget_and_resumes(target_gguf: Pa
     again = _solve_file(target_gguf, problems_file, "--budget", "4,60")
     assert again.returncode == 0, again.stderr
     assert again.stderr.count(f"resuming: {len(items)} of {len(items)}") == 2
-    table_rows = [line for line in again.stdout.splitlines() if re.match(r"^\s*[│|]?\s*(4|60)\s*[│|]", line)]
+    table_rows = [line for line in again.stdout.splitlines() if re.match(r"^│\s*(4|60)\s*│", line)]
     assert len(table_rows) == 2
     chart = [line for line in again.stdout.splitlines() if re.match(r"^\s*(4|60) \|[#.]+\|", line)]
     assert len(chart) == 2

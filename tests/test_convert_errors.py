@@ -15,13 +15,8 @@ import pytest
 
 from checkpoints import TINY, build_checkpoint
 from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
-from mllm_cpu.convert.pipeline import convert_checkpoint
+from mllm_cpu.convert.pipeline import SilentProgress, convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
-
-
-@pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("good") / "MobileLLM-R1-tiny", TINY)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +64,9 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
 
 
 @pytest.mark.parametrize("case", list(BREAKAGES))
-def test_broken_checkpoint_gives_one_line_and_no_file(case: str, good_checkpoint: Path, tmp_path: Path) -> None:
+def test_broken_checkpoint_gives_one_line_and_no_file(case: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "checkpoint"
-    shutil.copytree(good_checkpoint, folder)
+    shutil.copytree(tiny_checkpoint, folder)
     breakage, message = BREAKAGES[case]
     breakage(folder)
     outdir = tmp_path / "out"
@@ -104,31 +99,31 @@ def test_missing_shard_is_named(sharded_checkpoint: Path, tmp_path: Path) -> Non
         (["--threads", "many"], "Invalid value for '--threads'"),
     ],
 )
-def test_bad_options(args: list[str], message: str, good_checkpoint: Path, tmp_path: Path) -> None:
-    result = run_cli("convert", str(good_checkpoint), "--outdir", str(tmp_path / "out"), *args)
+def test_bad_options(args: list[str], message: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_cli("convert", str(tiny_checkpoint), "--outdir", str(tmp_path / "out"), *args)
     assert result.returncode == 2
     lines = error_lines(result)
     assert len(lines) == 1 and message in lines[0]
     assert files_in(tmp_path / "out") == []
 
 
-def test_existing_output_is_kept_and_force_redoes_it(good_checkpoint: Path, tmp_path: Path) -> None:
+def test_existing_output_is_kept_and_force_redoes_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
     outdir = tmp_path / "out"
-    first = run_cli("convert", str(good_checkpoint), "--outdir", str(outdir), "--quant", "q8_0")
+    first = run_cli("convert", str(tiny_checkpoint), "--outdir", str(outdir), "--quant", "q8_0")
     assert first.returncode == 0, first.stderr
     [written] = outdir.glob("*.gguf")
     before = written.stat().st_mtime_ns
-    again = run_cli("convert", str(good_checkpoint), "--outdir", str(outdir), "--quant", "f16,q8_0")
+    again = run_cli("convert", str(tiny_checkpoint), "--outdir", str(outdir), "--quant", "f16,q8_0")
     assert again.returncode == 0, again.stderr
     assert f"kept {written.name} (already converted; --force redoes it)" in again.stderr
     assert len(files_in(outdir)) == 2 and written.stat().st_mtime_ns == before
-    forced = run_cli("convert", str(good_checkpoint), "--outdir", str(outdir), "--quant", "f16,q8_0", "--force")
+    forced = run_cli("convert", str(tiny_checkpoint), "--outdir", str(outdir), "--quant", "f16,q8_0", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "kept" not in forced.stderr and written.stat().st_mtime_ns != before
     assert len(files_in(outdir)) == 2
 
 
-class _InterruptAfter:
+class _InterruptAfter(SilentProgress):
     """A progress receiver that presses Ctrl-C (raises KeyboardInterrupt) at a chosen point."""
 
     def __init__(self, tensors: int | None = None, at_file: str | None = None) -> None:
@@ -143,22 +138,16 @@ class _InterruptAfter:
         if self.tensors is not None and self.seen >= self.tensors:
             raise KeyboardInterrupt
 
-    def file_finished(self, label: str) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
 
 @pytest.mark.parametrize(
     "progress",
     [_InterruptAfter(tensors=5), _InterruptAfter(at_file="Q4_0")],
     ids=["while writing", "before quantizing"],
 )
-def test_interrupt_leaves_no_partial_file(progress: _InterruptAfter, good_checkpoint: Path, tmp_path: Path) -> None:
+def test_interrupt_leaves_no_partial_file(progress: _InterruptAfter, tiny_checkpoint: Path, tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        convert_checkpoint(good_checkpoint, parse_quant_list("q4_0"), outdir, progress=progress)
+        convert_checkpoint(tiny_checkpoint, parse_quant_list("q4_0"), outdir, progress=progress)
     assert files_in(outdir) == []
 
 

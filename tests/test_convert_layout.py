@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -10,10 +11,11 @@ import pytest
 
 from checkpoints import TINY_UNTIED, build_checkpoint
 from mllm_cpu.convert.gguf_header import read_gguf_header
-from mllm_cpu.convert.layout import GGUF_ARCHITECTURE, ModelDims, gguf_tensor_shapes, tensor_layout
+from mllm_cpu.convert.layout import GGUF_ARCHITECTURE, ModelDims, gguf_tensor_shapes, match_layout, tensor_layout
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
+from mllm_cpu.core.errors import InputError
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -49,3 +51,41 @@ def test_an_untied_conversion_has_exactly_the_layouts_tensors(tmp_path: Path) ->
     )
     assert [t.name for t in header.tensors] == list(expected)
     assert {t.name: t.shape for t in header.tensors} == expected
+    dims = ModelDims.from_header(header)
+    assert dims == ModelDims(
+        spec.n_layer, spec.n_embd, spec.n_head, spec.n_head_kv, spec.head_dim, spec.n_ff, spec.n_vocab
+    )
+    assert [(mapped.gguf_name, entry) for mapped, entry in match_layout(header, dims)] == [
+        (t.name, t) for t in header.tensors
+    ]
+
+
+def test_a_file_that_differs_from_the_layout_is_named(tiny_ggufs: dict[str, Path]) -> None:
+    header = read_gguf_header(tiny_ggufs["f32"])
+    dims = ModelDims.from_header(header)
+    with pytest.raises(InputError, match=f"tensor blk.{dims.n_layer}.attn_norm.weight is missing"):
+        match_layout(header, replace(dims, n_layer=dims.n_layer + 1))
+    with pytest.raises(
+        InputError,
+        match=rf"tensor blk.0.ffn_gate.weight has shape \[{dims.n_embd}, {dims.n_ff}\], "
+        rf"expected \[{dims.n_embd}, {2 * dims.n_ff}\]",
+    ):
+        match_layout(header, replace(dims, n_ff=2 * dims.n_ff))
+
+
+def test_header_dimensions_as_llama_cpp_reads_them(tmp_path: Path) -> None:
+    """Per-layer head counts count by their largest entry; a file of another architecture may lack
+    heads and the feed-forward width, a file of the layout may not."""
+    path = tmp_path / "per-layer.gguf"
+    writer = gguf.GGUFWriter(path, "openelm")
+    writer.add_block_count(2)
+    writer.add_embedding_length(64)
+    writer.add_head_count([2, 4])
+    writer.add_token_list(["a", "b", "c"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    header = read_gguf_header(path)
+    assert ModelDims.from_header(header, complete=False) == ModelDims(2, 64, 4, 4, 16, 0, 3)
+    with pytest.raises(InputError, match="missing or invalid hyperparameter 'openelm.feed_forward_length'"):
+        ModelDims.from_header(header)

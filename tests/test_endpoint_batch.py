@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_process import ServeProcess
 
 from cli_runner import MLLM_CPU, error_lines, run_cli
+from serve_process import ServeProcess
 
 MAX_TOKENS = "32"
 PROBLEMS = 10

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 
 from forcing import EOT_ID, forcing_options
@@ -15,6 +14,7 @@ from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import DEFAULT_CONTEXT, Engine, SamplingOptions, sampling_defaults
 from mllm_cpu.hardware import physical_cores
+from small_gguf import write_small_gguf
 
 EOS_ID, EOM_ID = 128001, 128008
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
@@ -164,35 +164,6 @@ def test_sampling_defaults_from_the_file_metadata() -> None:
     assert sampling_defaults({}) == SamplingOptions()
 
 
-def _write_gguf(path: Path, arch: str, extra: dict[str, int]) -> Path:
-    """A small GGUF with a tokenizer and tensors, written by gguf-py as other converters do."""
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(1)
-    writer.add_context_length(4096)
-    writer.add_embedding_length(64)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(1)
-    writer.add_head_count_kv(1)
-    for key, value in extra.items():
-        writer.add_uint32(key, value)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([f"t{i}" for i in range(16)])
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(1)
-    for name, shape in [
-        ("token_embd.weight", (16, 64)),
-        ("output_norm.weight", (64,)),
-        ("blk.0.attn_q.weight", (64, 64)),
-        ("blk.0.ffn_up.weight", (128, 64)),
-    ]:
-        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def _truncated(source: Path, target: Path) -> Path:
     shutil.copyfile(source, target)
     with target.open("r+b") as handle:
@@ -207,16 +178,15 @@ def _bad_magic(source: Path, target: Path) -> Path:
     return target
 
 
-LLAMA4_EXPERT_COUNT = gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, "llama4")
 BAD_FILES = {
     "truncated": (lambda good, folder: _truncated(good, folder / "half.gguf"), "truncated"),
     "wrong magic": (lambda good, folder: _bad_magic(good, folder / "magic.gguf"), "not a GGUF file (bad magic"),
     "unknown architecture": (
-        lambda good, folder: _write_gguf(folder / "mystery.gguf", "mystery", {}),
+        lambda good, folder: write_small_gguf(folder / "mystery.gguf", "mystery"),
         "unknown architecture 'mystery'",
     ),
     "llama4 with zero experts": (
-        lambda good, folder: _write_gguf(folder / "llama4.gguf", "llama4", {LLAMA4_EXPERT_COUNT: 0}),
+        lambda good, folder: write_small_gguf(folder / "llama4.gguf", "llama4", expert_count=0),
         "llama4 file with zero experts",
     ),
     "not a file": (lambda good, folder: folder / "absent.gguf", "no such file"),
@@ -234,9 +204,9 @@ def test_bad_files_are_rejected_with_one_line(case: str, synthetic_tiny_gguf: Pa
 
 
 def test_llama4_zero_expert_file_is_what_upstream_writes(tmp_path: Path) -> None:
-    path = _write_gguf(tmp_path / "upstream.gguf", "llama4", {LLAMA4_EXPERT_COUNT: 0})
+    path = write_small_gguf(tmp_path / "upstream.gguf", "llama4", expert_count=0)
     reader = gguf.GGUFReader(path)
     assert reader.fields[gguf_keys.ARCHITECTURE].contents() == "llama4"
-    assert reader.fields[LLAMA4_EXPERT_COUNT].contents() == 0
+    assert reader.fields[gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, "llama4")].contents() == 0
     with pytest.raises(InputError, match="mllm-cpu convert"):
         Engine(path)

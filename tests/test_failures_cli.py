@@ -22,18 +22,13 @@ from mllm_cpu.bench.report import caption, speed_rows
 from mllm_cpu.bench.runner import BenchOptions, run_benchmark
 from mllm_cpu.cli import main
 from mllm_cpu.convert.synthetic import BOS_ID, EOS_ID, EOT_ID, LLAMA3_REGULAR_TOKENS, LLAMA3_VOCAB
+from read_only import read_only_mount
 
 
 @pytest.fixture
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A read-only file system (a tmpfs mounted ro): chmod does not stop root, this does."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=True)
-    try:
+    with read_only_mount(tmp_path / "read-only") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def _main(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:

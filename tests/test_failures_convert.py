@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import TINY, build_checkpoint
 from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import load_checkpoint
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError
+from read_only import read_only_mount
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +29,10 @@ def checkpoint_140m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_checkpoint("140m", tmp_path_factory.mktemp("s140"))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("tiny") / "MobileLLM-R1-tiny", TINY)
-
-
 @pytest.fixture
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    """A read-only file system (a tmpfs mounted ro): chmod does not stop root, this does."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=True)
-    try:
+    with read_only_mount(tmp_path / "read-only") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -121,16 +110,16 @@ def test_killed_conversion_resumes(checkpoint_140m: Path, tmp_path: Path) -> Non
     assert files_in(outdir) == [finished.name, "MobileLLM-R1-140M-synthetic-Q4_0.gguf"]
 
 
-def test_outdir_that_is_a_file(tiny: Path, tmp_path: Path) -> None:
+def test_outdir_that_is_a_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
     target = tmp_path / "a-file"
     target.write_text("x")
-    result = run_cli("convert", str(tiny), "--outdir", str(target), "--quant", "q8_0")
+    result = run_cli("convert", str(tiny_checkpoint), "--outdir", str(target), "--quant", "q8_0")
     assert result.returncode == 2
     assert error_lines(result) == [f"error: {target}: not a folder (it is a file)"]
 
 
-def test_read_only_outdir_and_store(tiny: Path, read_only_folder: Path) -> None:
-    result = run_cli("convert", str(tiny), "--outdir", str(read_only_folder), "--quant", "q8_0")
+def test_read_only_outdir_and_store(tiny_checkpoint: Path, read_only_folder: Path) -> None:
+    result = run_cli("convert", str(tiny_checkpoint), "--outdir", str(read_only_folder), "--quant", "q8_0")
     assert result.returncode == 2
     assert error_lines(result) == [f"error: {read_only_folder}: cannot write here: Read-only file system"]
     store = subprocess.run(
@@ -146,7 +135,7 @@ def test_read_only_outdir_and_store(tiny: Path, read_only_folder: Path) -> None:
 
 
 @pytest.mark.parametrize("quant", ["f16", "q4_0"])
-def test_full_disk_is_one_line_and_no_partial_file(quant: str, tiny: Path, tmp_path: Path) -> None:
+def test_full_disk_is_one_line_and_no_partial_file(quant: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """A file-size limit (RLIMIT_FSIZE) makes writes fail as on a full disk."""
     outdir = tmp_path / "out"
     limit = 500_000
@@ -155,7 +144,7 @@ def test_full_disk_is_one_line_and_no_partial_file(quant: str, tiny: Path, tmp_p
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run(
-        [MLLM_CPU, "convert", str(tiny), "--outdir", str(outdir), "--quant", quant],
+        [MLLM_CPU, "convert", str(tiny_checkpoint), "--outdir", str(outdir), "--quant", quant],
         capture_output=True,
         text=True,
         timeout=120,
@@ -170,8 +159,10 @@ def test_full_disk_is_one_line_and_no_partial_file(quant: str, tiny: Path, tmp_p
     assert files_in(outdir) == []
 
 
-def test_name_with_a_path_is_refused(tiny: Path, tmp_path: Path) -> None:
-    result = run_cli("convert", str(tiny), "--outdir", str(tmp_path / "out"), "--quant", "q8_0", "--name", "../../x")
+def test_name_with_a_path_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "convert", str(tiny_checkpoint), "--outdir", str(tmp_path / "out"), "--quant", "q8_0", "--name", "../../x"
+    )
     assert result.returncode == 2
     assert error_lines(result) == [
         "error: --name '../../x': give a plain name (no '/', '\\', leading '.' or control characters)"
@@ -179,12 +170,12 @@ def test_name_with_a_path_is_refused(tiny: Path, tmp_path: Path) -> None:
     assert files_in(tmp_path / "out") == [] and not list(tmp_path.parent.glob("*.gguf"))
     for name in (".hidden", "a\\b", "tab\tname", " "):
         with pytest.raises(InputError, match="give a plain name"):
-            load_checkpoint(tiny, name)
+            load_checkpoint(tiny_checkpoint, name)
 
 
-def test_bad_config_value_names_the_key(tiny: Path, tmp_path: Path) -> None:
+def test_bad_config_value_names_the_key(tiny_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "ckpt"
-    shutil.copytree(tiny, folder)
+    shutil.copytree(tiny_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "hidden_size": "abc"}))
     result = run_cli("convert", str(folder), "--outdir", str(tmp_path / "out"), "--quant", "q8_0")
@@ -206,8 +197,8 @@ def test_bad_config_value_names_the_key(tiny: Path, tmp_path: Path) -> None:
         ("rope_theta", float("inf"), "rope_theta must be a positive number, got Infinity"),
     ],
 )
-def test_config_values_are_checked_by_key(key: str, value: object, message: str, tiny: Path) -> None:
-    config = json.loads((tiny / "config.json").read_text())
+def test_config_values_are_checked_by_key(key: str, value: object, message: str, tiny_checkpoint: Path) -> None:
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
     with pytest.raises(InputError) as error:
         spec_from_config({**config, key: value}, "config.json")
     assert str(error.value) == f"config.json: {message}"

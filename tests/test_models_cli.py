@@ -8,13 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 
 from cli_runner import MLLM_CPU, run_cli
 from mllm_cpu.console import print_table, table
 from mllm_cpu.model_info import describe_model, store_listing
+from small_gguf import write_small_gguf
 
 
 @pytest.fixture(autouse=True)
@@ -28,21 +27,6 @@ def stored_tiny(synthetic_tiny_gguf: Path, isolated_store: Path) -> Path:
     models = isolated_store / "models"
     models.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy(synthetic_tiny_gguf, models / synthetic_tiny_gguf.name))
-
-
-def _llama4_zero_experts(path: Path) -> Path:
-    writer = gguf.GGUFWriter(path, "llama4")
-    writer.add_block_count(1)
-    writer.add_context_length(4096)
-    writer.add_expert_count(0)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(["a", "b"])
-    writer.add_tensor("token_embd.weight", np.zeros((2, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def test_models_with_an_empty_store_says_how_to_get_one() -> None:
@@ -100,7 +84,7 @@ def test_info_shows_the_metadata(stored_tiny: Path) -> None:
 
 
 def test_info_on_a_file_this_package_cannot_run(tmp_path: Path) -> None:
-    path = _llama4_zero_experts(tmp_path / "upstream.gguf")
+    path = write_small_gguf(tmp_path / "upstream.gguf", "llama4", expert_count=0)
     result = run_cli("info", str(path), "--json")
     assert result.returncode == 0, result.stderr
     details = json.loads(result.stdout)

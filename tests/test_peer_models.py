@@ -15,12 +15,12 @@ import llama_cpp
 import numpy as np
 import pytest
 import torch
-from llama_cpp_sources import convert_with_llama_cpp
 from test_convert_numerics import F32_KV, _llama_logits
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from checkpoints import BOS_ID, EOS_IDS, TINY_VOCAB_SIZE, TOKENIZER_CORPUS, build_tokenizer, load_tokenizer
 from cli_runner import run_cli
+from llama_cpp_sources import convert_with_llama_cpp
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.model_file import validate_model_file

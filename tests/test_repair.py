@@ -15,7 +15,6 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from llama_cpp_sources import convert_with_llama_cpp
 from test_convert_numerics import (
     ERROR_BUDGET,
     F32_KV,
@@ -27,6 +26,7 @@ from test_convert_numerics import (
 
 from checkpoints import reference_logits
 from cli_runner import error_lines, files_in, run_cli
+from llama_cpp_sources import convert_with_llama_cpp
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.llama_quantizer import quantize_with_llama_cpp
 from mllm_cpu.convert.quant_types import QUANT_LEVELS

@@ -23,7 +23,7 @@ from mllm_cpu.console import (
 from mllm_cpu.convert.atomic_file import ensure_writable_folder
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary, summarize_header
-from mllm_cpu.convert.repair import RELABELLED_EXPLANATION, is_relabelled_mobilellm, is_zero_expert_llama4, repair_gguf
+from mllm_cpu.convert.repair import is_zero_expert_llama4, refuse_relabelled, repair_gguf
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.model_file import validate_header, validate_model_file
 from mllm_cpu.store import models_dir
@@ -82,8 +82,7 @@ def repair(
     if store and outdir is not None:
         raise InputError("--store and --outdir are exclusive")
     header = read_gguf_header(broken)
-    if is_relabelled_mobilellm(header):
-        raise InputError(f"{broken}: {RELABELLED_EXPLANATION}")
+    refuse_relabelled(header)
     if not is_zero_expert_llama4(header):
         model = validate_header(header)
         note = f"{broken} needs no repair: llama.cpp runs it as it is ({model.description})"
