@@ -5,9 +5,9 @@
 
 llama-perplexity is built (`--build`, cached next to llama-bench) from the llama.cpp sources
 the installed llama-cpp-python vendors, with the same build code as the llama-bench
-comparison. It runs once on the reference with `--kl-divergence-base` (perplexity, and the
-reference's log-probabilities saved), then once per level with `--kl-divergence`; both with
-`-b` equal to `-c`, so each chunk is one batch of one sequence, as ours. The table puts its
+comparison. It runs once on the reference with `--kl-divergence-base` (the reference's
+log-probabilities saved), then once per file with `--kl-divergence`, the reference included;
+all with `-b` equal to `-c`, so each chunk is one batch of one sequence, as ours. The table puts its
 final statistics next to ours. Perplexities agree to float rounding; KL values differ by the
 16-bit storage of the reference's log-probabilities in llama-perplexity (steps of up to
 2.4e-4 nats; see bench/quality.py), which matters only for KL near 0. llama-perplexity needs
@@ -34,7 +34,6 @@ from .compare_llama_bench import build_llama_tool, cached_binary
 from .quality import QualityOptions, Scores, prepare, read_text, run_quality
 
 TOOL = "llama-perplexity"
-_FINAL_PPL = re.compile(r"Final estimate: PPL = (?P<value>[0-9.]+) \+/- (?P<unc>[0-9.]+)")
 _KL_STATS = {
     "ppl": re.compile(r"Mean PPL\(Q\)\s*:\s*(?P<value>[0-9.]+)"),
     "reference_ppl": re.compile(r"Mean PPL\(base\)\s*:\s*(?P<value>[0-9.]+)"),
@@ -89,7 +88,8 @@ def _parse(output: str, patterns: dict[str, re.Pattern[str]]) -> dict[str, float
 def compare(
     binary: Path, reference: Path, levels: list[Path], text_path: Path | None, options: QualityOptions
 ) -> list[LevelComparison]:
-    """Run both tools; the reference first (perplexity only), then every level."""
+    """Run both tools: llama-perplexity saves the reference's log-probabilities, then compares every
+    file with them, the reference included (its "Mean PPL(Q)" is the reference's perplexity)."""
     text = read_text(text_path)
     _, tokens, n_chunks = prepare(reference, levels, text, options)
     if n_chunks < 2 or n_chunks * (options.n_ctx - 1 - options.n_ctx // 2) < 100:
@@ -98,26 +98,45 @@ def compare(
         )
     run = run_quality(reference, levels, text, options, _Quiet())
     common = ["-c", str(options.n_ctx), "-b", str(options.n_ctx), "-t", str(options.thread_count)]
-    results = []
     with tempfile.TemporaryDirectory(prefix="mllm-cpu-ppl-") as scratch:
         text_file = Path(scratch) / "text.txt"
         text_file.write_text(text.text + "\n", encoding="utf-8")  # -f drops one final newline
         base = Path(scratch) / "reference.kld"
-        base_command = [str(binary), "-m", str(reference), "-f", str(text_file), *common, "--chunks", str(n_chunks)]
-        output = _run([*base_command, "--kl-divergence-base", str(base)])
-        match = _FINAL_PPL.search(output)
-        if match is None:
-            raise RuntimeError(f"{TOOL} printed no final perplexity: {output.strip().splitlines()[-5:]}")
-        reference_row = run.levels[0]
-        results.append(
-            LevelComparison(str(reference), {"ppl": reference_row.scores.ppl}, {"ppl": float(match["value"])})
+        _run(
+            [
+                str(binary),
+                "-m",
+                str(reference),
+                "-f",
+                str(text_file),
+                *common,
+                "--chunks",
+                str(n_chunks),
+                "--kl-divergence-base",
+                str(base),
+            ]
         )
-        for level in run.levels[1:]:
-            output = _run(
-                [str(binary), "-m", level.path, *common, "--kl-divergence-base", str(base), "--kl-divergence"]
+        return [
+            LevelComparison(
+                level.path,
+                _ours(level.scores),
+                _parsed_run(
+                    [str(binary), "-m", level.path, *common, "--kl-divergence-base", str(base), "--kl-divergence"]
+                ),
             )
-            results.append(LevelComparison(level.path, _ours(level.scores), _parse(output, _KL_STATS)))
-    return results
+            for level in run.levels
+        ]
+
+
+def _parsed_run(command: list[str], attempts: int = 3) -> dict[str, float]:
+    """Run llama-perplexity and parse its final statistics; its asynchronous log sometimes loses the
+    last lines when the process exits, so a run whose output lacks them is repeated."""
+    for _ in range(attempts - 1):
+        try:
+            return _parse(_run(command), _KL_STATS)
+        except RuntimeError:
+            continue
+    return _parse(_run(command), _KL_STATS)
 
 
 class _Quiet:

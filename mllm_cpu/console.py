@@ -28,11 +28,15 @@ err = Console(stderr=True)
 
 @contextmanager
 def progress_bars(
-    *columns: ProgressColumn, transient: bool = False, refresh_per_second: float = 10
+    *columns: ProgressColumn, transient: bool = False, refresh_per_second: float = 10, auto_refresh: bool = True
 ) -> Iterator[Progress]:
     """Progress bars on stderr that end without the blank line rich adds when stderr is not a
-    terminal (it would stand before an error line), and leave nothing when no bar was shown."""
-    bars = Progress(*columns, console=err, transient=transient, refresh_per_second=refresh_per_second)
+    terminal (it would stand before an error line), and leave nothing when no bar was shown.
+
+    Without `auto_refresh` no drawing thread runs: the bars are redrawn only by `Progress.refresh()`."""
+    bars = Progress(
+        *columns, console=err, transient=transient, refresh_per_second=refresh_per_second, auto_refresh=auto_refresh
+    )
     bars.start()
     try:
         yield bars

@@ -144,6 +144,8 @@ class Engine:
         if draft is not None and lookup is not None:
             raise InputError("--draft and --lookup are two ways of drafting; give one of them")
         self.drafting: CountingDraft | None = self._drafting(draft, lookup, draft_tokens)
+        self.plain_tokens_per_second: float | None = None
+        """With drafting: the model's own single-token decode speed, timed at load (for the speed-up)."""
         with captured_llama_log() as log:
             try:
                 self.llama = llama_cpp.Llama(

@@ -113,7 +113,7 @@ def solve(
         reasoning, answer_count = _split(engine, generation, preset)
     answer = extract_answer(generation.text, preset)
     stats = generation.draft
-    plain = getattr(engine, "plain_tokens_per_second", 0.0)
+    plain = engine.plain_tokens_per_second if isinstance(engine, Engine) else None
     return Solution(
         problem=problem,
         task=preset.name,
@@ -131,7 +131,7 @@ def solve(
         reasoning_tokens=reasoning,
         answer_tokens=answer_count,
         acceptance_rate=stats.acceptance_rate if stats is not None else None,
-        speedup=generation.tokens_per_second / plain if stats is not None and plain > 0 else None,
+        speedup=generation.tokens_per_second / plain if stats is not None and plain else None,
     )
 
 

@@ -148,15 +148,17 @@ def test_ctrl_c_keeps_the_finished_levels(ladder: dict[str, Any], tmp_path: Path
     """SIGINT while the second level is measured: exit 130, the reference and the first level kept."""
     f32, q8, q6, q2 = (Path(_level(ladder, quant)["path"]) for quant in ("F32", "Q8_0", "Q6_K", "Q2_K"))
     report = tmp_path / "ladder.json"
-    arguments = [str(f32), str(q8), str(q6), str(q2), "--ctx", "32", "--chunks", "150", "--json", "--out", str(report)]
+    arguments = [str(f32), str(q8), str(q6), str(q2), "--ctx", "16", "--chunks", "400", "--threads", "1"]
+    arguments += ["--json", "--out", str(report)]
     process = subprocess.Popen([MLLM_CPU, "quality", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        # llama.cpp maps a file while it measures it; checking headers maps it for milliseconds only
+        # llama.cpp maps a file while it measures it (a pass of 400 chunks); reading a header
+        # maps it for a millisecond
         held = 0
-        while held < 20 and process.poll() is None:
+        while held < 3 and process.poll() is None:
             maps = _mapped(process.pid)
             held = held + 1 if q6.name in maps and q8.name not in maps and f32.name not in maps else 0
-            time.sleep(0.05)
+            time.sleep(0.01)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:

@@ -47,7 +47,8 @@ from mllm_cpu.store import DEFAULT_QUANT, resolve_model
 
 
 class RichBenchProgress(RichConvertProgress):
-    """Conversion bars, then one bar over all measurement steps."""
+    """Conversion bars, then one bar over all measurement steps, redrawn at each step (between
+    timed runs, so that no drawing competes with the measured threads; see docs/DESIGN.md)."""
 
     def __init__(self, progress: Progress) -> None:
         super().__init__(progress)
@@ -59,14 +60,16 @@ class RichBenchProgress(RichConvertProgress):
             self.progress.remove_task(self.note_task)
             self.note_task = None
         self.bench_task = self.progress.add_task("benchmark", total=total_steps)
+        self.progress.refresh()
 
     def stage(self, description: str) -> None:
         if self.bench_task is not None:
-            self.progress.update(self.bench_task, description=description)
+            self.progress.update(self.bench_task, description=description, refresh=True)
 
     def advance(self) -> None:
         if self.bench_task is not None:
             self.progress.advance(self.bench_task)
+            self.progress.refresh()
 
     def note(self, text: str) -> None:
         if self.note_task is None:
@@ -236,9 +239,9 @@ def bench(
         TimeElapsedColumn(),
     )
     with progress_bars(*columns, transient=True, refresh_per_second=2) as bars:
-        progress = RichBenchProgress(bars)
-        paths = resolve_models(models or [], sizes, levels, progress)
-        run = run_benchmark(paths, options, progress)
+        paths = resolve_models(models or [], sizes, levels, RichBenchProgress(bars))
+    with progress_bars(*columns, transient=True, auto_refresh=False) as bars:
+        run = run_benchmark(paths, options, RichBenchProgress(bars))
     if output_format and out_file is None:
         print(render(run, output_format), end="")
         return

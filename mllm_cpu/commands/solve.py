@@ -327,7 +327,7 @@ def _footer(solution: Solution) -> str:
     if solution.acceptance_rate is not None:
         parts.append(f"drafts accepted {100 * solution.acceptance_rate:.0f}%")
     if solution.speedup is not None:
-        parts.append(f"speed-up x{solution.speedup:.2f}")
+        parts.append(f"speed-up {solution.speedup:.2f}x")
     return " · ".join(parts)
 
 
