@@ -53,19 +53,9 @@ class BatchSettings:
     def of(
         cls, task: str, options: SamplingOptions, budget: int | None = None, answer_tokens: int | None = None
     ) -> BatchSettings:
-        """The settings of a batch run with `task` and `options`."""
-        return cls(
-            task=task,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            top_k=options.top_k,
-            min_p=options.min_p,
-            repeat_penalty=options.repeat_penalty,
-            seed=options.seed,
-            max_tokens=options.max_tokens,
-            budget=budget,
-            answer_tokens=answer_tokens if budget is not None else None,
-        )
+        """The settings of a batch run with `task` and `options` (the sampling fields both records have)."""
+        sampling = {f.name: getattr(options, f.name) for f in fields(options) if f.name in _SETTING_NAMES}
+        return cls(task=task, **sampling, budget=budget, answer_tokens=answer_tokens if budget is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -83,6 +73,9 @@ class BatchSettings:
             for field in fields(self)
             if getattr(self, field.name) != getattr(now, field.name)
         ]
+
+
+_SETTING_NAMES = frozenset(f.name for f in fields(BatchSettings))
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,23 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
@@ -71,9 +76,44 @@ class RichConvertProgress:
         self.progress.console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
-def convert_columns() -> tuple[ProgressColumn, ...]:
-    """The columns of conversion progress bars."""
-    return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+class RichDownloads:
+    """Draws one bar per downloaded file (a resumed file starts where it stopped)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+        self.total: int | None = None
+
+    def file_started(self, name: str, total: int | None, done: int) -> None:
+        self.total = total
+        self.task = self.progress.add_task(escape(name), total=total, completed=done, bytes=True)
+
+    def advanced(self, count: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+    def file_finished(self, name: str) -> None:
+        if self.task is not None and self.total is not None:
+            self.progress.update(self.task, completed=self.total)
+
+
+class _AmountColumn(ProgressColumn):
+    """Bytes (and speed) for downloads, tensors done of all for conversions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes, self.speed, self.count = DownloadColumn(), TransferSpeedColumn(), MofNCompleteColumn()
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("bytes"):
+            return Text.assemble(self.bytes.render(task), " ", self.speed.render(task))
+        return self.count.render(task)
+
+
+def convert_columns(*, downloads: bool = False) -> tuple[ProgressColumn, ...]:
+    """The columns of conversion progress bars; with `downloads`, download bars among them show bytes and speed."""
+    amount = _AmountColumn() if downloads else MofNCompleteColumn()
+    return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn())
 
 
 def print_json(data: Any) -> None:

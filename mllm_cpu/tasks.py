@@ -28,13 +28,16 @@ class TaskPreset:
     answer_tokens: int = 64
 
 
-def _code_prompt(language_name: str, fence: str) -> str:
-    return (
+def _code_preset(name: str, label: str) -> TaskPreset:
+    """The preset of a coding task: `name` is also its code fence's tag, `label` names the language in the prompt."""
+    prompt = (
         "You are a helpful and harmless assistant. You should think step-by-step before "
-        f"responding. Please use {language_name} programming language only. You must use "
-        f"```{fence} for just the final solution code block with the format:\n"
-        f"```{fence}\n# Your code here\n```\n"
+        f"responding. Please use {label} programming language only. You must use "
+        f"```{name} for just the final solution code block with the format:\n"
+        f"```{name}\n# Your code here\n```\n"
     )
+    cue = f"\n\nFinal solution:\n```{name}\n"
+    return TaskPreset(name, prompt, "code", language=name, answer_cue=cue, answer_tokens=512)
 
 
 PRESETS: dict[str, TaskPreset] = {
@@ -43,22 +46,8 @@ PRESETS: dict[str, TaskPreset] = {
         system_prompt="Please reason step by step, and put your final answer within \\boxed{}.",
         answer_kind="boxed",
     ),
-    "python": TaskPreset(
-        name="python",
-        system_prompt=_code_prompt("python", "python"),
-        answer_kind="code",
-        language="python",
-        answer_cue="\n\nFinal solution:\n```python\n",
-        answer_tokens=512,
-    ),
-    "cpp": TaskPreset(
-        name="cpp",
-        system_prompt=_code_prompt("c++", "cpp"),
-        answer_kind="code",
-        language="cpp",
-        answer_cue="\n\nFinal solution:\n```cpp\n",
-        answer_tokens=512,
-    ),
+    "python": _code_preset("python", "python"),
+    "cpp": _code_preset("cpp", "c++"),
     "science": TaskPreset(
         name="science",
         system_prompt=(

@@ -21,6 +21,7 @@ import typer
 from mllm_cpu.backend import Backend
 from mllm_cpu.console import err
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import comma_list
 from mllm_cpu.endpoint import API_KEY_ENV, ENDPOINT_ENV, EndpointBackend
 from mllm_cpu.engine import Engine, SamplingOptions
 from mllm_cpu.store import resolve_model
@@ -184,11 +185,11 @@ class Flags:
         if self.budget is None:
             return []
         try:
-            values = [int(part) for part in self.budget.split(",")]
+            values = [int(part) for part in comma_list(self.budget)]
         except ValueError:
-            raise InputError(
-                f"--budget takes token counts such as 1024 or 256,1024,4096, got {self.budget!r}"
-            ) from None
+            values = []
+        if not values:
+            raise InputError(f"--budget takes token counts such as 1024 or 256,1024,4096, got {self.budget!r}")
         for value in values:
             if value < 1:
                 raise InputError(f"--budget must be at least 1 token, got {value}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -133,10 +133,11 @@ def solve(
         problems = load_problems(file)[:limit]
         if out_path is not None:
             ensure_writable_file(out_path, "--out")
+        job = _BatchJob(flags, problems, file, out_path, batch_task, timeout, force, json_output)
         if len(flags.budgets()) > 1:
-            _solve_sweep(flags, problems, file, out_path, batch_task, timeout, force, json_output)
+            _solve_sweep(job)
         else:
-            _solve_batches(flags, problems, file, out_path, batch_task, timeout, force, json_output)
+            _solve_batches(job)
         return
     text = problem if problem is not None else _read_problem(file)
     if not text.strip():
@@ -342,17 +343,23 @@ def _show_run(result: SandboxResult) -> None:
         out.print(f"[bold red]failed:[/bold red] {escape(result.error)}", highlight=False)
 
 
-def _solve_batches(
-    flags: Flags,
-    problems: list[Problem],
-    file: Path,
-    out_path: Path | None,
-    task: str,
-    timeout: float,
-    force: bool,
-    json_output: bool,
-) -> None:
+@dataclass(frozen=True)
+class _BatchJob:
+    """What every batch of one `solve --file PROBLEMS.jsonl` shares: the problems and how to solve and save them."""
+
+    flags: Flags
+    problems: list[Problem]
+    file: Path
+    out_path: Path | None
+    task: str
+    timeout: float
+    force: bool
+    json_output: bool
+
+
+def _solve_batches(job: _BatchJob) -> None:
     """Solve the problems on each --model in turn (the store's default when none), then show the results."""
+    flags, problems, out_path, json_output = job.flags, job.problems, job.out_path, job.json_output
     specs = flags.models or (None,)
     budget = next(iter(flags.budgets()), None)
     summaries: list[ModelSummary] = []
@@ -360,25 +367,12 @@ def _solve_batches(
     for spec in specs:
         engine = replace(flags, model=spec).load_backend()
         identity = engine.identity()
-        target = _results_path(file, out_path, identity, several=len(specs) > 1)
+        target = _results_path(job.file, out_path, identity, several=len(specs) > 1)
         if budget is not None and out_path is None:
             target = budget_results_path(target, budget)
         if any(summary.results == target for summary in summaries):
             raise InputError(f"two models would write to {target}; give them files with different names")
-        summary, interrupted = _solve_batch(
-            engine,
-            problems,
-            target,
-            task,
-            flags.sampling(engine),
-            identity,
-            timeout,
-            force,
-            json_output,
-            parallel=flags.parallel or 1,
-            budget=budget,
-            answer_tokens=flags.answer_tokens,
-        )
+        summary, interrupted = _solve_batch(job, engine, identity, target, budget, parallel=flags.parallel or 1)
         summaries.append(summary)
         del engine
         if interrupted:
@@ -394,47 +388,30 @@ def _solve_batches(
             "every finished problem is saved: run the same command again to solve the rest"
         )
     if interrupted:
-        err.print(
-            "every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False
-        )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
 
 
-def _solve_sweep(
-    flags: Flags,
-    problems: list[Problem],
-    file: Path,
-    out_path: Path | None,
-    task: str,
-    timeout: float,
-    force: bool,
-    json_output: bool,
-) -> None:
+def _exit_interrupted() -> NoReturn:
+    """After Ctrl-C stopped a batch: say that its finished problems are kept, and exit 130."""
+    err.print("every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _solve_sweep(job: _BatchJob) -> None:
     """Solve the problems once per --budget (each in its own resumable file), then show accuracy against budget."""
+    flags, problems, json_output = job.flags, job.problems, job.json_output
     if len(flags.models) > 1:
         raise InputError("a budget sweep runs one --model; sweep the models one at a time")
     engine = flags.load_backend()
     identity = engine.identity()
-    base = _results_path(file, out_path, identity, several=False)
+    base = _results_path(job.file, job.out_path, identity, several=False)
     points: list[BudgetPoint] = []
     interrupted = False
     for budget in flags.budgets():
         if not json_output:
             err.print(f"[bold]budget {budget} tokens[/bold]", highlight=False)
         target = budget_results_path(base, budget)
-        summary, interrupted = _solve_batch(
-            engine,
-            problems,
-            target,
-            task,
-            flags.sampling(engine),
-            identity,
-            timeout,
-            force,
-            json_output,
-            budget=budget,
-            answer_tokens=flags.answer_tokens,
-        )
+        summary, interrupted = _solve_batch(job, engine, identity, target, budget)
         ids = {problem.id for problem in problems}
         records = [record for record in read_results(target) if record.id in ids]
         points.append(budget_point(budget, target, len(problems), records))
@@ -442,10 +419,7 @@ def _solve_sweep(
             break
     _show_sweep(identity, points, interrupted, json_output)
     if interrupted:
-        err.print(
-            "every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False
-        )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
 
 
 def _show_sweep(model: ModelIdentity, points: list[BudgetPoint], interrupted: bool, json_output: bool) -> None:
@@ -485,25 +459,16 @@ def _results_path(file: Path, out_path: Path | None, model: ModelIdentity, sever
 
 
 def _solve_batch(
-    engine: Backend,
-    problems: list[Problem],
-    target: Path,
-    task: str,
-    options: SamplingOptions,
-    identity: ModelIdentity,
-    timeout: float,
-    force: bool,
-    json_output: bool,
-    parallel: int = 1,
-    budget: int | None = None,
-    answer_tokens: int | None = None,
+    job: _BatchJob, engine: Backend, identity: ModelIdentity, target: Path, budget: int | None, parallel: int = 1
 ) -> tuple[ModelSummary, bool]:
     """Run (or resume) one model's batch with a progress bar; returns its summary and whether Ctrl-C stopped it."""
+    problems, task, json_output = job.problems, job.task, job.json_output
+    options, answer_tokens = job.flags.sampling(engine), job.flags.answer_tokens
     settings = BatchSettings.of(task, options, budget, answer_tokens)
     try:
         already = finished_records(target, problems, identity, settings)
     except NotResumable:
-        if not force:
+        if not job.force:
             raise
         aside = set_aside(target)
         err.print(
@@ -549,7 +514,7 @@ def _solve_batch(
                 task=task,
                 options=options,
                 model=identity,
-                timeout=timeout,
+                timeout=job.timeout,
                 parallel=parallel,
                 budget=budget,
                 answer_tokens=answer_tokens,
