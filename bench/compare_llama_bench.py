@@ -176,12 +176,9 @@ def llama_bench_command(binary: Path, model: Path, tests: list[SpeedTest], repet
 
 def run_llama_bench(command: list[str]) -> dict[str, float]:
     """Run llama-bench (`-o json`); mean t/s by test name ("pp512", "tg128")."""
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"llama-bench failed: {done.stderr.strip().splitlines()[-1:]}")
     return {
         SpeedTest(int(e["n_prompt"]), int(e["n_gen"]), int(e["n_threads"])).name: float(e["avg_ts"])
-        for e in json.loads(done.stdout)
+        for e in _run_json(command, "llama-bench")
     }
 
 
@@ -207,10 +204,15 @@ def cli_command(model: Path, tests: list[SpeedTest], repetitions: int) -> list[s
 
 def run_cli(command: list[str]) -> dict[str, float]:
     """Run `mllm-cpu bench ... --json`; mean t/s by test name."""
+    return {r["test"]: float(r["avg_ts"]) for r in _run_json(command, "mllm-cpu bench")["results"]}
+
+
+def _run_json(command: list[str], what: str) -> Any:
+    """Run a measuring command and parse the JSON it prints; its last error line on failure."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"mllm-cpu bench failed: {done.stderr.strip().splitlines()[-1:]}")
-    return {r["test"]: float(r["avg_ts"]) for r in json.loads(done.stdout)["results"]}
+        raise RuntimeError(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout)
 
 
 def run_ours(model: Path, test: SpeedTest, repetitions: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -78,14 +79,21 @@ class RichBenchProgress(RichConvertProgress):
             self.progress.update(self.note_task, description=text)
 
 
+def _emit(rendered: Callable[[], str], output_format: str | None, out_file: Path | None) -> bool:
+    """Print a report in --json/--csv/--md on stdout (True: nothing else to show) or write it to --out."""
+    if output_format and out_file is None:
+        print(rendered(), end="")
+        return True
+    if output_format and out_file is not None:
+        write_report(rendered(), out_file)
+        err.print(f"wrote {out_file}", highlight=False)
+    return False
+
+
 def _report_endpoints(run: EndpointRun, output_format: str | None, out_file: Path | None) -> None:
     """An endpoint run in the chosen format, on stdout or into --out, else as a table."""
-    if output_format and out_file is None:
-        print(render_endpoint(run, output_format), end="")
+    if _emit(lambda: render_endpoint(run, output_format or ""), output_format, out_file):
         return
-    if output_format and out_file is not None:
-        write_report(render_endpoint(run, output_format), out_file)
-        err.print(f"wrote {out_file}", highlight=False)
     print_table(rich_table("Serving speed", *endpoint_rows(run), note=endpoint_caption(run)))
 
 
@@ -242,12 +250,8 @@ def bench(
         paths = resolve_models(models or [], sizes, levels, RichBenchProgress(bars))
     with progress_bars(*columns, transient=True, auto_refresh=False) as bars:
         run = run_benchmark(paths, options, RichBenchProgress(bars))
-    if output_format and out_file is None:
-        print(render(run, output_format), end="")
+    if _emit(lambda: render(run, output_format or ""), output_format, out_file):
         return
-    if output_format and out_file is not None:
-        write_report(render(run, output_format), out_file)
-        err.print(f"wrote {out_file}", highlight=False)
     title, columns, cells = speed_table(run)
     print_table(rich_table(title, columns, cells, note=caption(run)))
     fit_columns, fit_cells = fit_rows(run)
