@@ -150,6 +150,18 @@ class Comparison:
         }
 
 
+def _test_arguments(tests: list[SpeedTest]) -> list[str]:
+    """The threads, prompt and generation lengths both tools take as `-t -p -n`."""
+    return [
+        "-t",
+        str(tests[0].threads),
+        "-p",
+        str(max(t.n_prompt for t in tests)),
+        "-n",
+        str(max(t.n_gen for t in tests)),
+    ]
+
+
 def llama_bench_command(binary: Path, model: Path, tests: list[SpeedTest], repetitions: int) -> list[str]:
     """llama-bench running `tests` (one pp and/or one tg test) with the same settings as ours."""
     first = tests[0]
@@ -157,12 +169,7 @@ def llama_bench_command(binary: Path, model: Path, tests: list[SpeedTest], repet
         str(binary),
         "-m",
         str(model),
-        "-t",
-        str(first.threads),
-        "-p",
-        str(max(t.n_prompt for t in tests)),
-        "-n",
-        str(max(t.n_gen for t in tests)),
+        *_test_arguments(tests),
         "-b",
         str(first.n_batch),
         "-ub",
@@ -184,17 +191,11 @@ def run_llama_bench(command: list[str]) -> dict[str, float]:
 
 def cli_command(model: Path, tests: list[SpeedTest], repetitions: int) -> list[str]:
     """`mllm-cpu bench` as a user runs it, measuring `tests`, JSON on stdout."""
-    first = tests[0]
     return [
         str(Path(sys.executable).parent / "mllm-cpu"),
         "bench",
         str(model),
-        "-t",
-        str(first.threads),
-        "-p",
-        str(max(t.n_prompt for t in tests)),
-        "-n",
-        str(max(t.n_gen for t in tests)),
+        *_test_arguments(tests),
         "-r",
         str(repetitions),
         "--no-bandwidth",
