@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mllm_cpu.core.child import module_command
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import MIB
 
@@ -74,18 +75,9 @@ class MemoryReport:
 
 def measure_memory(path: Path, n_ctx: int, threads: int, n_ubatch: int) -> MemoryReport:
     """Run the measurement in a fresh Python process and return its report."""
-    command = [
-        sys.executable,
-        "-m",
-        "mllm_cpu.bench.memory",
-        str(path),
-        "--ctx",
-        str(n_ctx),
-        "--threads",
-        str(threads),
-        "--ubatch",
-        str(n_ubatch),
-    ]
+    command = module_command(
+        "mllm_cpu.bench.memory", str(path), "--ctx", str(n_ctx), "--threads", str(threads), "--ubatch", str(n_ubatch)
+    )
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import gguf
 
+from mllm_cpu.core.child import module_command
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 
 from .quant_types import QuantLevel
 
-_CHILD = "import sys; from mllm_cpu.convert.llama_quantizer import child_main; child_main(sys.argv[1:])"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -47,7 +47,7 @@ def quantize_with_llama_cpp(
         str(threads or os.cpu_count() or 1),
     ]
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, *arguments],
+        module_command("mllm_cpu.convert.llama_quantizer", *arguments),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -91,3 +91,7 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
