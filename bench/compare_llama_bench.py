@@ -1,6 +1,7 @@
 """Anchor `mllm-cpu bench` to llama.cpp's own llama-bench on the same file and threads.
 
     python -m mllm_cpu.bench.compare_llama_bench MODEL.gguf -t 2 --rounds 5 [--build] [--static] [--cli]
+        [-d DEPTH] [-fa on|off|auto]
 
 llama-bench is built from the llama.cpp sources that the installed llama-cpp-python vendors
 (its sdist, fetched with pip, or `--source DIR`), with the flags llama-cpp-python builds
@@ -37,7 +38,7 @@ from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import validate_model_file
 from mllm_cpu.store import store_home
 
-from .llama_session import loaded_model
+from .llama_session import DEFAULT_FLASH_ATTN, loaded_model, parse_flash_attn
 from .speed import SpeedTest, run_speed_test
 
 CMAKE_FLAGS = (
@@ -151,7 +152,8 @@ class Comparison:
 
 
 def _test_arguments(tests: list[SpeedTest]) -> list[str]:
-    """The threads, prompt and generation lengths both tools take as `-t -p -n`."""
+    """The threads, prompt and generation lengths, depth and flash attention both tools take as
+    `-t -p -n -d -fa`."""
     return [
         "-t",
         str(tests[0].threads),
@@ -159,6 +161,10 @@ def _test_arguments(tests: list[SpeedTest]) -> list[str]:
         str(max(t.n_prompt for t in tests)),
         "-n",
         str(max(t.n_gen for t in tests)),
+        "-d",
+        str(tests[0].n_depth),
+        "-fa",
+        tests[0].flash_attn,
     ]
 
 
@@ -182,11 +188,12 @@ def llama_bench_command(binary: Path, model: Path, tests: list[SpeedTest], repet
 
 
 def run_llama_bench(command: list[str]) -> dict[str, float]:
-    """Run llama-bench (`-o json`); mean t/s by test name ("pp512", "tg128")."""
-    return {
-        SpeedTest(int(e["n_prompt"]), int(e["n_gen"]), int(e["n_threads"])).name: float(e["avg_ts"])
-        for e in _run_json(command, "llama-bench")
-    }
+    """Run llama-bench (`-o json`); mean t/s by test name ("pp512", "tg128 @ d512")."""
+    means = {}
+    for entry in _run_json(command, "llama-bench"):
+        test = SpeedTest(int(entry["n_prompt"]), int(entry["n_gen"]), 1, n_depth=int(entry.get("n_depth", 0)))
+        means[test.name] = float(entry["avg_ts"])
+    return means
 
 
 def cli_command(model: Path, tests: list[SpeedTest], repetitions: int) -> list[str]:
@@ -231,13 +238,18 @@ def compare(
     repetitions: int,
     rounds: int,
     cli: bool = False,
+    depth: int = 0,
+    flash_attn: str = DEFAULT_FLASH_ATTN,
 ) -> Comparison:
     """For each round and test, run both tools back to back, alternating which goes first.
 
     With `cli`, each round runs `mllm-cpu bench` and llama-bench once each, both tests in one process.
     """
     validate_model_file(model)
-    tests = [SpeedTest(n_prompt, 0, threads), SpeedTest(0, n_gen, threads)]
+    tests = [
+        SpeedTest(n_prompt, 0, threads, n_depth=depth, flash_attn=flash_attn),
+        SpeedTest(0, n_gen, threads, n_depth=depth, flash_attn=flash_attn),
+    ]
     groups = [tests] if cli else [[test] for test in tests]
     comparison = Comparison(
         {t.name: llama_bench_command(binary, model, group, repetitions) for group in groups for t in group}
@@ -271,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--n-prompt", type=int, default=512)
     parser.add_argument("-n", "--n-gen", type=int, default=128)
     parser.add_argument("-r", "--repetitions", type=int, default=5)
+    parser.add_argument("-d", "--n-depth", type=int, default=0, help="tokens of context before each test")
+    parser.add_argument("-fa", "--flash-attn", default=DEFAULT_FLASH_ATTN, help="on, off or auto (both tools)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--llama-bench", type=Path, help="use this llama-bench executable")
     parser.add_argument("--build", action="store_true", help="build llama-bench with cmake (cached)")
@@ -282,13 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if min(args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds) < 1:
             raise InputError("threads, -p, -n, repetitions and rounds must be at least 1")
+        flash_attn = parse_flash_attn(args.flash_attn)
         binary = args.llama_bench or cached_binary(static=args.static)
         if args.build and args.llama_bench is None:
             binary = build_llama_bench(args.source, static=args.static)
         if not binary.is_file():
             raise InputError(f"no llama-bench at {binary}; run with --build (or give --llama-bench PATH)")
         comparison = compare(
-            binary, args.model, args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds, args.cli
+            binary,
+            args.model,
+            args.threads,
+            args.n_prompt,
+            args.n_gen,
+            args.repetitions,
+            args.rounds,
+            args.cli,
+            args.n_depth,
+            flash_attn,
         )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -298,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for test, command in comparison.commands.items():
         print(f"llama-bench {test}: " + " ".join(command))
-    print(f"{'test':>8} {'ours t/s':>12} {'llama-bench t/s':>16} {'ours/llama-bench':>17} {'paired':>8}")
+    print(f"{'test':>14} {'ours t/s':>12} {'llama-bench t/s':>16} {'ours/llama-bench':>17} {'paired':>8}")
     for test in comparison.ours:
         print(
-            f"{test:>8} {statistics.median(comparison.ours[test]):12.2f} "
+            f"{test:>14} {statistics.median(comparison.ours[test]):12.2f} "
             f"{statistics.median(comparison.llama_bench[test]):16.2f} {comparison.ratio(test):17.3f} "
             f"{comparison.paired_ratio(test):8.3f}"
         )

@@ -1,8 +1,9 @@
 """llama.cpp's low-level C API for measuring: load a model, open contexts, fill batches.
 
 Everything here mirrors what llama-bench passes to llama.cpp (default model parameters:
-mmap on, CPU repacking on; context parameters: F16 KV cache, flash attention "auto",
-n_batch 2048, n_ubatch 512) so that a number measured here means the same as llama-bench's.
+mmap on, CPU repacking on; context parameters: F16 KV cache, flash attention "auto" unless
+asked otherwise, n_batch 2048, n_ubatch 512) so that a number measured here means the same
+as llama-bench's.
 The buffer sizes llama.cpp logs while loading are kept, as llama.cpp reports them.
 """
 
@@ -19,10 +20,16 @@ from typing import Any
 
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
+from mllm_cpu.engine import FLASH_ATTENTION
 from mllm_cpu.model_file import ModelFile, validate_model_file
 
 DEFAULT_BATCH = 2048
 DEFAULT_UBATCH = 512
+FLASH_ATTN_TYPES = {"auto": -1, "off": 0, "on": 1}
+"""llama-bench's -fa values and llama.cpp's `llama_flash_attn_type` for each."""
+DEFAULT_FLASH_ATTN = "auto"
+RUNTIME_FLASH_ATTN = "on" if FLASH_ATTENTION else "off"
+"""The -fa value chat, solve and serve run with (mllm_cpu.engine.FLASH_ATTENTION)."""
 
 _BUFFER_LINE = re.compile(r"(?P<buffer>\S+)\s+(?P<kind>model|KV|compute|output) buffer size =\s*(?P<mib>[0-9.]+) MiB")
 _KV_CELLS = re.compile(r"llama_kv_cache: size =\s*[0-9.]+ MiB \(\s*(?P<cells>\d+) cells")
@@ -137,6 +144,16 @@ class ContextSettings:
     threads: int
     n_batch: int = DEFAULT_BATCH
     n_ubatch: int = DEFAULT_UBATCH
+    flash_attn: str = DEFAULT_FLASH_ATTN
+    """A key of FLASH_ATTN_TYPES."""
+
+
+def parse_flash_attn(text: str) -> str:
+    """llama-bench's -fa spellings (on/off/auto, 1/0) -> a key of FLASH_ATTN_TYPES."""
+    value = {"1": "on", "0": "off"}.get(text.strip().lower(), text.strip().lower())
+    if value not in FLASH_ATTN_TYPES:
+        raise InputError(f"-fa/--flash-attn takes on, off or auto, got {text!r}")
+    return value
 
 
 @dataclass
@@ -157,7 +174,7 @@ class OpenContext:
 
 @contextmanager
 def open_context(model: LoadedModel, settings: ContextSettings) -> Iterator[OpenContext]:
-    """Create a context like llama-bench's (F16 KV, flash attention auto); freed on exit."""
+    """Create a context like llama-bench's (F16 KV, flash attention as asked); freed on exit."""
     import llama_cpp
 
     params = llama_cpp.llama_context_default_params()
@@ -168,7 +185,7 @@ def open_context(model: LoadedModel, settings: ContextSettings) -> Iterator[Open
     params.n_threads_batch = settings.threads
     params.type_k = llama_cpp.GGML_TYPE_F16
     params.type_v = llama_cpp.GGML_TYPE_F16
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+    params.flash_attn_type = FLASH_ATTN_TYPES[settings.flash_attn]
     params.offload_kqv = True
     params.swa_full = False
     params.embeddings = False

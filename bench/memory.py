@@ -4,7 +4,8 @@ A process's peak RSS only grows, so each model is measured in its own subprocess
 (`python -m mllm_cpu.bench.memory FILE --ctx N --threads T`). That process imports
 llama.cpp, records its RSS (the baseline: Python and the libraries), then loads the model
 (mmap, CPU repacking as by default), creates a context of N tokens, decodes one full ubatch
-of random prompt tokens (the compute buffer's worst case) and generates 16 tokens. Peak RSS
+of random prompt tokens (the compute buffer's worst case) and generates 16 tokens, with flash
+attention as chat and solve run it (off: a larger compute buffer than llama-bench's "auto"). Peak RSS
 is the operating system's high-water mark of that process (VmHWM on Linux); mapped
 weight pages count once touched, and every weight is read by a decode. The buffer sizes
 llama.cpp logs on the way (model, KV, compute, output) are reported too.
@@ -26,6 +27,7 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import MIB
 
 from .llama_session import (
+    RUNTIME_FLASH_ATTN,
     ContextSettings,
     decode,
     ensure_backend,
@@ -123,7 +125,7 @@ def _measure(path: Path, n_ctx: int, threads: int, n_ubatch: int) -> MemoryRepor
     ensure_backend()
     baseline = current_rss_bytes()
     with loaded_model(path) as model:
-        settings = ContextSettings(n_ctx, threads, n_ubatch=n_ubatch)
+        settings = ContextSettings(n_ctx, threads, n_ubatch=n_ubatch, flash_attn=RUNTIME_FLASH_ATTN)
         with open_context(model, settings) as context:
             rng = random.Random(0)
             # llama.cpp pads n_ctx but clamps n_batch to the requested context: one decode call

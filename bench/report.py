@@ -15,7 +15,7 @@ from mllm_cpu.console import human_bytes, table
 from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.core.errors import InputError
 
-from .llama_session import DEFAULT_BATCH, DEFAULT_UBATCH
+from .llama_session import DEFAULT_BATCH, DEFAULT_FLASH_ATTN, DEFAULT_UBATCH
 from .results import BenchRun, ModelResult, SpeedResult
 
 FORMATS = ("json", "csv", "md")
@@ -65,9 +65,15 @@ def _shows_batches(run: BenchRun) -> bool:
     return any(r.n_prompt and (r.n_batch, r.n_ubatch) != (DEFAULT_BATCH, DEFAULT_UBATCH) for r in run.results)
 
 
+def _shows_flash_attn(run: BenchRun) -> bool:
+    """llama-bench shows its "fa" column when flash attention is not left at its default."""
+    return any(r.flash_attn != DEFAULT_FLASH_ATTN for r in run.results)
+
+
 def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
     """Column names and text cells of the speed table: llama-bench's columns plus ours."""
     batches = _shows_batches(run)
+    flash = _shows_flash_attn(run)
     columns = [
         "model",
         "size",
@@ -76,6 +82,7 @@ def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
         "quant",
         "threads",
         *(["n_batch", "n_ubatch"] if batches else []),
+        *(["fa"] if flash else []),
         "test",
         "t/s",
         "load s",
@@ -97,6 +104,7 @@ def speed_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
                 model.file_type,
                 str(result.threads),
                 *([str(result.n_batch), str(result.n_ubatch)] if batches else []),
+                *([result.flash_attn] if flash else []),
                 result.test,
                 _speed_cell(result),
                 f"{model.load_seconds:.2f}",
@@ -114,15 +122,18 @@ def _speed_cell(result: SpeedResult) -> str:
 
 
 def side_by_side_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
-    """Column names and cells of the comparison table: one row per model (and thread count, and
-    batch sizes when they vary), one "TEST t/s" column per test, so models read down a column."""
+    """Column names and cells of the comparison table: one row per model (and thread count, batch
+    sizes and flash attention when they vary), one "TEST t/s" column per test, so models read
+    down a column."""
     batches = _shows_batches(run)
+    flash = _shows_flash_attn(run)
     several_threads = len({r.threads for r in run.results}) > 1
     tests = list(dict.fromkeys(r.test for r in run.results))
     roofline_tests = list(dict.fromkeys(r.test for r in run.results if r.roofline_ts))
-    groups: dict[tuple[str, int, int, int], dict[str, SpeedResult]] = {}
+    groups: dict[tuple[str, int, int, int, str], dict[str, SpeedResult]] = {}
     for result in run.results:
-        groups.setdefault((result.model, result.threads, result.n_batch, result.n_ubatch), {})[result.test] = result
+        key = (result.model, result.threads, result.n_batch, result.n_ubatch, result.flash_attn)
+        groups.setdefault(key, {})[result.test] = result
     columns = [
         "model",
         "quant",
@@ -130,6 +141,7 @@ def side_by_side_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
         "params",
         *(["threads"] if several_threads else []),
         *(["n_batch", "n_ubatch"] if batches else []),
+        *(["fa"] if flash else []),
         *(f"{test} t/s" for test in tests),
         *(f"{test} % roofline" for test in roofline_tests),
         "load s",
@@ -137,7 +149,7 @@ def side_by_side_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
         "TTFT ms",
     ]
     rows = []
-    for (path, threads, n_batch, n_ubatch), by_test in groups.items():
+    for (path, threads, n_batch, n_ubatch, flash_attn), by_test in groups.items():
         model = run.model(path)
         percents = [by_test[test].roofline_percent if test in by_test else None for test in roofline_tests]
         rows.append(
@@ -148,6 +160,7 @@ def side_by_side_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
                 human_params(model.n_params),
                 *([str(threads)] if several_threads else []),
                 *([str(n_batch), str(n_ubatch)] if batches else []),
+                *([flash_attn] if flash else []),
                 *(_speed_cell(by_test[test]) if test in by_test else "-" for test in tests),
                 *(f"{percent:.1f}%" if percent is not None else "-" for percent in percents),
                 f"{model.load_seconds:.2f}",
@@ -310,6 +323,8 @@ CSV_FIELDS: dict[str, Callable[[str], Any]] = {
     "threads": int,
     "n_batch": int,
     "n_ubatch": int,
+    "n_depth": int,
+    "flash_attn": str,
     "avg_ts": float,
     "stdev_ts": float,
     "samples_ns": _ints,
@@ -352,6 +367,8 @@ def csv_rows(run: BenchRun) -> list[dict[str, Any]]:
                 "threads": result.threads,
                 "n_batch": result.n_batch,
                 "n_ubatch": result.n_ubatch,
+                "n_depth": result.n_depth,
+                "flash_attn": result.flash_attn,
                 "avg_ts": result.avg_ts,
                 "stdev_ts": result.stdev_ts,
                 "samples_ns": list(result.samples_ns),

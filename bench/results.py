@@ -8,6 +8,7 @@ from typing import Any
 
 from .bandwidth import Bandwidth
 from .boards import FitCheck
+from .llama_session import DEFAULT_FLASH_ATTN
 from .memory import MemoryReport
 
 SCHEMA = "mllm-cpu-bench/1"
@@ -85,6 +86,8 @@ class SpeedResult:
     avg_ts: float
     stdev_ts: float
     roofline_ts: float | None = None
+    n_depth: int = 0
+    flash_attn: str = DEFAULT_FLASH_ATTN
 
     @property
     def roofline_percent(self) -> float | None:
@@ -102,8 +105,8 @@ class SpeedResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpeedResult:
-        """The inverse of `to_dict`."""
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        """The inverse of `to_dict` (files written before depth and flash attention were options read as d0, auto)."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 @dataclass

@@ -21,7 +21,7 @@ from mllm_cpu.store import resolve_model
 
 from .bandwidth import Bandwidth, measure_read_bandwidth
 from .boards import Board, fit_check, parse_board
-from .llama_session import DEFAULT_BATCH, DEFAULT_UBATCH, loaded_model
+from .llama_session import DEFAULT_BATCH, DEFAULT_FLASH_ATTN, DEFAULT_UBATCH, FLASH_ATTN_TYPES, loaded_model
 from .machine import machine_info, package_versions
 from .memory import measure_memory
 from .results import BenchRun, ModelResult, SpeedResult
@@ -64,13 +64,15 @@ class _Silent(SilentProgress):
 
 @dataclass
 class BenchOptions:
-    """What to measure; the defaults are llama-bench's (pp512, tg128, 5 repetitions)."""
+    """What to measure; the defaults are llama-bench's (pp512, tg128, depth 0, flash attention auto, 5 repetitions)."""
 
     prompts: list[int] = field(default_factory=lambda: [512])
     gens: list[int] = field(default_factory=lambda: [128])
     threads: list[int] | None = None
     batches: list[int] = field(default_factory=lambda: [DEFAULT_BATCH])
     ubatches: list[int] = field(default_factory=lambda: [DEFAULT_UBATCH])
+    depths: list[int] = field(default_factory=lambda: [0])
+    flash_attn: list[str] = field(default_factory=lambda: [DEFAULT_FLASH_ATTN])
     repetitions: int = 5
     n_ctx: int = 4096
     board: str = "laptop"
@@ -86,12 +88,15 @@ class BenchOptions:
             ("-t/--threads", self.threads or [1], 1),
             ("-b/--batch-size", self.batches, 1),
             ("-ub/--ubatch-size", self.ubatches, 1),
+            ("-d/--n-depth", self.depths, 0),
         ):
             if not values:
                 raise InputError(f"{name} is empty")
             bad = [v for v in values if v < least]
             if bad:
                 raise InputError(f"{name} must be at least {least}, got {bad[0]}")
+        if not self.flash_attn or any(value not in FLASH_ATTN_TYPES for value in self.flash_attn):
+            raise InputError(f"-fa/--flash-attn takes {', '.join(FLASH_ATTN_TYPES)}, got {self.flash_attn}")
         if not any(self.prompts) and not any(self.gens):
             raise InputError("nothing to measure: -p and -n are both 0")
         if self.repetitions < 1:
@@ -131,13 +136,29 @@ def run_benchmark(paths: list[Path], options: BenchOptions, progress: BenchProgr
     board = parse_board(options.board)
     threads = options.thread_counts(board)
     files = [validate_model_file(path) for path in paths]
+    tests = list(
+        speed_tests(
+            options.prompts,
+            options.gens,
+            threads,
+            options.batches,
+            options.ubatches,
+            options.depths,
+            options.flash_attn,
+        )
+    )
+    longest = max(test.n_tokens + test.n_depth for test in tests)
     for model_file in files:
         if options.n_ctx > model_file.n_ctx_train:
             raise InputError(
                 f"--ctx {options.n_ctx} exceeds the training context of {model_file.path.name} "
                 f"({model_file.n_ctx_train})"
             )
-    tests = list(speed_tests(options.prompts, options.gens, threads, options.batches, options.ubatches))
+        if longest > model_file.n_ctx_train:
+            raise InputError(
+                f"a test of {longest} tokens (depth included) exceeds the training context of "
+                f"{model_file.path.name} ({model_file.n_ctx_train})"
+            )
     runs_per_test = options.repetitions + (1 if options.warmup else 0)
     progress.begin((1 if options.bandwidth else 0) + len(paths) * (2 + len(tests) * runs_per_test + runs_per_test))
     bandwidth = None
@@ -156,7 +177,6 @@ def run_benchmark(paths: list[Path], options: BenchOptions, progress: BenchProgr
             "board": asdict(board),
             "type_k": "f16",
             "type_v": "f16",
-            "flash_attn": "auto",
             "memory_threads": threads[0],
         },
     )
@@ -205,6 +225,8 @@ def _bench_model(
                     avg_ts=samples.mean_ts,
                     stdev_ts=samples.stdev_ts,
                     roofline_ts=roofline if test.kind == "tg" else None,
+                    n_depth=test.n_depth,
+                    flash_attn=test.flash_attn,
                 )
             )
         progress.stage(f"{name}: time to first token")

@@ -3,14 +3,17 @@
 Followed from llama.cpp's tools/llama-bench/llama-bench.cpp (the sources llama-cpp-python
 vendors):
 
-- a fresh context per test with n_ctx = n_prompt + n_gen, F16 KV cache, flash attention
-  "auto", the given n_batch/n_ubatch and threads (llama-bench's `to_llama_cparams`);
+- a fresh context per test with n_ctx = n_prompt + n_gen + n_depth, F16 KV cache, flash
+  attention as asked ("auto" by default), the given n_batch/n_ubatch and threads
+  (llama-bench's `to_llama_cparams`);
 - pp N: N random tokens (the first is BOS when the vocabulary adds one) decoded in chunks of
   n_batch from an empty cache, logits only for the last token of each chunk (`test_prompt`);
 - tg N: N tokens decoded one at a time, BOS then random tokens, each followed by
   llama_synchronize (`test_gen`);
 - warm-up: one full prompt run for pp, one generated token for tg, not timed;
-- each repetition starts with llama_memory_clear; a sample is the time of that repetition;
+- each repetition starts with llama_memory_clear, then (with a depth, `-d`) decodes n_depth
+  random tokens untimed, so the test runs after that much context ("tg128 @ d512"); a sample
+  is the time of the test itself;
 - t/s of a sample = tokens / seconds; the result is the mean of the per-sample t/s and their
   sample standard deviation (n - 1), as llama-bench's `avg_ts` / `stdev_ts`.
 
@@ -35,7 +38,9 @@ from mllm_cpu.tasks import get_preset
 
 from .llama_session import (
     DEFAULT_BATCH,
+    DEFAULT_FLASH_ATTN,
     DEFAULT_UBATCH,
+    FLASH_ATTN_TYPES,
     ContextSettings,
     LoadedModel,
     OpenContext,
@@ -55,19 +60,25 @@ CHAT_PROBLEM = (
 
 @dataclass(frozen=True)
 class SpeedTest:
-    """One llama-bench test: pp (n_gen == 0) or tg (n_prompt == 0)."""
+    """One llama-bench test: pp (n_gen == 0) or tg (n_prompt == 0), after n_depth tokens of context."""
 
     n_prompt: int
     n_gen: int
     threads: int
     n_batch: int = DEFAULT_BATCH
     n_ubatch: int = DEFAULT_UBATCH
+    n_depth: int = 0
+    flash_attn: str = DEFAULT_FLASH_ATTN
 
     def __post_init__(self) -> None:
         if (self.n_prompt > 0) == (self.n_gen > 0):
             raise InputError("a speed test is either a prompt (pp) or a generation (tg) test")
         if self.threads < 1 or self.n_batch < 1 or self.n_ubatch < 1:
             raise InputError("threads, batch and ubatch sizes must be at least 1")
+        if self.n_depth < 0:
+            raise InputError(f"-d/--n-depth must be at least 0, got {self.n_depth}")
+        if self.flash_attn not in FLASH_ATTN_TYPES:
+            raise InputError(f"flash attention is one of {', '.join(FLASH_ATTN_TYPES)}, got {self.flash_attn!r}")
 
     @property
     def kind(self) -> str:
@@ -76,8 +87,8 @@ class SpeedTest:
 
     @property
     def name(self) -> str:
-        """llama-bench's test label, e.g. "pp512" or "tg128"."""
-        return f"{self.kind}{self.n_tokens}"
+        """llama-bench's test label, e.g. "pp512", "tg128" or "tg128 @ d512"."""
+        return f"{self.kind}{self.n_tokens}" + (f" @ d{self.n_depth}" if self.n_depth else "")
 
     @property
     def n_tokens(self) -> int:
@@ -126,7 +137,7 @@ def run_speed_test(
     if repetitions < 1:
         raise InputError(f"repetitions must be at least 1, got {repetitions}")
     rng = random.Random(seed)
-    settings = ContextSettings(test.n_tokens, test.threads, test.n_batch, test.n_ubatch)
+    settings = ContextSettings(test.n_tokens + test.n_depth, test.threads, test.n_batch, test.n_ubatch, test.flash_attn)
     result = SpeedSamples(test, [])
     with open_context(model, settings) as context:
         _clear(context)
@@ -139,6 +150,7 @@ def run_speed_test(
             on_run()
         for _ in range(repetitions):
             _clear(context)
+            _decode_prompt(context, model, test.n_depth, test.n_batch, rng)
             _reset_perf(context)
             result.samples_ns.append(run(context, model, test, rng))
             prompt_count, generated_count = perf_counts(context)
@@ -161,13 +173,22 @@ def _random_tokens(model: LoadedModel, rng: random.Random, count: int, with_bos:
 
 
 def _time_prompt(context: OpenContext, model: LoadedModel, test: SpeedTest, rng: random.Random) -> int:
-    """Decode n_prompt random tokens in chunks of n_batch; nanoseconds spent in llama.cpp."""
+    """The pp test: n_prompt tokens after whatever the cache holds."""
+    return _decode_prompt(context, model, test.n_prompt, test.n_batch, rng)
+
+
+def _decode_prompt(context: OpenContext, model: LoadedModel, n_tokens: int, n_batch: int, rng: random.Random) -> int:
+    """Decode `n_tokens` random tokens (BOS first) in chunks of n_batch after whatever the cache
+    holds, as llama-bench's test_prompt; nanoseconds spent in llama.cpp."""
     import llama_cpp
 
+    if n_tokens == 0:
+        return 0
+    first_pos = llama_cpp.llama_memory_seq_pos_max(context.memory, 0) + 1
     chunks = []
-    for start in range(0, test.n_prompt, test.n_batch):
-        size = min(test.n_batch, test.n_prompt - start)
-        chunks.append((start, _random_tokens(model, rng, size, with_bos=start == 0)))
+    for start in range(0, n_tokens, n_batch):
+        size = min(n_batch, n_tokens - start)
+        chunks.append((first_pos + start, _random_tokens(model, rng, size, with_bos=start == 0)))
     with ExitStack() as stack:
         batches = []
         for start, tokens in chunks:
@@ -277,18 +298,27 @@ def time_to_first_token(
 
 
 def speed_tests(
-    prompts: Sequence[int], gens: Sequence[int], threads: Sequence[int], batches: Sequence[int], ubatches: Sequence[int]
+    prompts: Sequence[int],
+    gens: Sequence[int],
+    threads: Sequence[int],
+    batches: Sequence[int],
+    ubatches: Sequence[int],
+    depths: Sequence[int] = (0,),
+    flash_attn: Sequence[str] = (DEFAULT_FLASH_ATTN,),
 ) -> Iterator[SpeedTest]:
-    """Every combination per thread count, pp tests before tg as in llama-bench.
+    """Every combination, in llama-bench's order (flash attention, threads, depth), pp tests before tg.
 
-    tg decodes one token at a time, so it runs once per thread count, with the first batch sizes.
+    tg decodes one token at a time, so it runs once per thread count and depth, with the first
+    batch sizes.
     """
-    for n_threads in threads:
-        for n_batch in batches:
-            for n_ubatch in ubatches:
-                for n_prompt in prompts:
-                    if n_prompt > 0:
-                        yield SpeedTest(n_prompt, 0, n_threads, n_batch, n_ubatch)
-        for n_gen in gens:
-            if n_gen > 0:
-                yield SpeedTest(0, n_gen, n_threads, batches[0], ubatches[0])
+    for fa in flash_attn:
+        for n_threads in threads:
+            for n_depth in depths:
+                for n_batch in batches:
+                    for n_ubatch in ubatches:
+                        for n_prompt in prompts:
+                            if n_prompt > 0:
+                                yield SpeedTest(n_prompt, 0, n_threads, n_batch, n_ubatch, n_depth, fa)
+                for n_gen in gens:
+                    if n_gen > 0:
+                        yield SpeedTest(0, n_gen, n_threads, batches[0], ubatches[0], n_depth, fa)

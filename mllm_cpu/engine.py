@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -21,12 +21,18 @@ from mllm_cpu.hardware import physical_cores
 from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat
+from mllm_cpu.sampling import TokenSampler
 from mllm_cpu.stop_text import StopTextFilter
 
 if TYPE_CHECKING:
     from mllm_cpu.drafting import CountingDraft, DraftStats
 
 DEFAULT_CONTEXT = 8192
+TokenFilter = Callable[[Sequence[int], Generator[int, None, None]], Generator[int, None, None]]
+FLASH_ATTENTION = False
+"""chat, solve and serve run without llama.cpp's flash attention: on CPU it decodes at about half
+the speed once 2,000 tokens are in context (a reasoning trace's usual depth), for a smaller compute
+buffer. `mllm-cpu bench -fa on,off -d 0,512,2048` measures both; see docs/DESIGN.md."""
 
 
 @dataclass
@@ -157,6 +163,7 @@ class Engine:
                     verbose=False,
                     draft_model=self.drafting,
                     logits_all=self.drafting is not None,
+                    flash_attn=FLASH_ATTENTION,
                 )
             except ValueError:
                 raise InputError(f"llama.cpp could not load {path}: {last_error(log)}") from None
@@ -167,6 +174,8 @@ class Engine:
         self._warm_up()
         self._vocab = self.llama._model.vocab
         self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._context = self.llama._ctx.ctx
+        self._logits = llama_cpp.llama_get_logits_ith
         header = self.model.header
         self.stop_ids = {
             int(header.get(key))
@@ -176,6 +185,8 @@ class Engine:
         self.prompt_format = PromptFormat(header, self.llama)
         self.chat_template = self.prompt_format.chat_template
         self._identity: ModelIdentity | None = None
+        self.token_filter: TokenFilter | None = None
+        """Wraps every generation's token stream (given the prompt's tokens): the server counts usage with it."""
 
     def _warm_up(self) -> None:
         """Evaluate one token and forget it, as llama.cpp's tools do: the first reply pays no start-up costs."""
@@ -217,7 +228,10 @@ class Engine:
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if len(tokens) >= self.n_ctx:
             raise InputError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
-        self.llama.set_seed(options.seed if options.seed is not None else random.randrange(2**31))
+        bad = [token for token in options.logit_bias if not 0 <= token < self.model.n_vocab]
+        if bad:
+            raise InputError(f"logit bias for token {bad[0]}, outside the vocabulary of {self.model.n_vocab}")
+        seed = options.seed if options.seed is not None else random.randrange(2**31)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stop_text = StopTextFilter(self.prompt_format.stop_texts)
         pieces: list[str] = []
@@ -228,16 +242,9 @@ class Engine:
         first_token_at = start
         if not reuse_prefix:
             self.llama.reset()
-        stream = self.llama.generate(
-            tokens,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            min_p=options.min_p,
-            temp=options.temperature,
-            repeat_penalty=options.repeat_penalty,
-            reset=True,
-            logits_processor=self._bias_processor(options.logit_bias),
-        )
+        stream = self._token_stream(tokens, options, seed)
+        if self.token_filter is not None:
+            stream = self.token_filter(tokens, stream)
         try:
             for token in stream:
                 if not generated:
@@ -290,16 +297,47 @@ class Engine:
         model = DraftModel(draft, n_ctx=self.n_ctx, threads=self.threads, tokens=draft_tokens or DEFAULT_DRAFT_TOKENS)
         return CountingDraft(model, f"draft {Path(draft).name}")
 
+    def _token_stream(self, tokens: list[int], options: SamplingOptions, seed: int) -> Generator[int, None, None]:
+        """Evaluate the prompt (after the part already in the KV cache) and yield sampled tokens.
+
+        With drafting, llama-cpp-python's generate does it (speculative decoding); otherwise the
+        loop is ours, with mllm_cpu.sampling's faster sampler (the same tokens for a seed).
+        """
+        llama = self.llama
+        if self.drafting is not None:
+            llama.set_seed(seed)
+            yield from llama.generate(
+                tokens,
+                top_k=options.top_k,
+                top_p=options.top_p,
+                min_p=options.min_p,
+                temp=options.temperature,
+                repeat_penalty=options.repeat_penalty,
+                reset=True,
+                logits_processor=self._bias_processor(options.logit_bias),
+            )
+            return
+        sampler = TokenSampler(self.model.n_vocab, seed, options)
+        try:
+            cached = llama.input_ids[: llama.n_tokens].tolist()
+            reuse = 0
+            while reuse < min(len(cached), len(tokens) - 1) and cached[reuse] == tokens[reuse]:
+                reuse += 1
+            llama.n_tokens = reuse  # eval() drops the cache from here on
+            llama.eval(tokens[reuse:])
+            while True:
+                token = sampler.sample(self._logits(self._context, -1))
+                yield token
+                llama.eval([token])
+        finally:
+            sampler.close()
+
     def _bias_processor(self, logit_bias: dict[int, float]) -> Any:
         """A llama-cpp-python logits processor adding `logit_bias` (token id -> bias), or None."""
         if not logit_bias:
             return None
         from llama_cpp import LogitsProcessorList
 
-        n_vocab = self.model.n_vocab
-        bad = [token for token in logit_bias if not 0 <= token < n_vocab]
-        if bad:
-            raise InputError(f"logit bias for token {bad[0]}, outside the vocabulary of {n_vocab}")
         ids = np.fromiter(logit_bias, dtype=np.int64)
         biases = np.fromiter(logit_bias.values(), dtype=np.float32)
 

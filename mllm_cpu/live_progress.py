@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
+from rich.cells import chop_cells
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
@@ -126,11 +127,23 @@ class LiveProgress:
         eta = f"eta {_clock((goal - done) / rate)} to {target}" if rate > 0 and goal > done else "eta -"
         return f"{phase} · {count} tokens · {rate:.1f} tokens/s · {_clock(elapsed)} · {eta}"
 
+    def _finish_full_rows(self, width: int) -> None:
+        """Move the rows the unfinished line fills completely above the live region, which keeps
+        one row of text: a model that writes long lines would otherwise grow the region past
+        the screen and make every redraw slower."""
+        if len(self._partial) <= width or width < 1:
+            return
+        rows = chop_cells(printable(self._partial), width)
+        if len(rows) > 1:
+            self._finished.append("".join(rows[:-1]))
+            self._partial = rows[-1]
+
     def _draw(self) -> None:
         if self._live is None:
             return
         status = Text(self.status(), style="dim cyan")
         if self._shared:
+            self._finish_full_rows(self._live.console.width)
             if self._finished:
                 self._live.console.print(
                     Text(printable("\n".join(self._finished)), style=self.style), soft_wrap=True, highlight=False

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -170,18 +170,26 @@ def _serving_engine(served: ServedModel, threads: int | None, stopping: Stopping
 
     generate = llama.generate
 
-    def generate_afresh(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+    def afresh(tokens: Sequence[int], stream: Generator[int, None, None]) -> Generator[int, None, None]:
+        """A request's token stream: its first generation starts from an empty cache; tokens are
+        counted for its usage and end at its max_tokens or at shutdown."""
         usage = _USAGE.get(None) or Usage(max_tokens=served.n_ctx)
         if not usage.prompt_tokens:  # the request's first generation
             llama.reset()
             usage.prompt_tokens = len(tokens)
-        for token in generate(tokens, *args, **kwargs):
-            if stopping.is_set():
-                return
-            usage.completion_tokens += not engine.is_stop(token)
-            yield token
-            if usage.completion_tokens >= usage.max_tokens:
-                return
+        try:
+            for token in stream:
+                if stopping.is_set():
+                    return
+                usage.completion_tokens += not engine.is_stop(token)
+                yield token
+                if usage.completion_tokens >= usage.max_tokens:
+                    return
+        finally:
+            stream.close()
+
+    def generate_afresh(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        return afresh(tokens, generate(tokens, *args, **kwargs))
 
     plain_chat = chat_formatter_to_chat_completion_handler(formatter)
 
@@ -193,6 +201,7 @@ def _serving_engine(served: ServedModel, threads: int | None, stopping: Stopping
 
     llama.chat_handler = chat
     llama.generate = generate_afresh  # type: ignore[method-assign,assignment]
+    engine.token_filter = afresh
     return llama
 
 

@@ -28,6 +28,9 @@ def corrupt_gguf(tmp_path: Path) -> Path:
         (["{tiny}", "-t", "0"], "-t/--threads must be at least 1, got 0"),
         (["{tiny}", "-t", "two"], "-t/--threads takes comma-separated integers"),
         (["{tiny}", "-r", "0"], "-r/--repetitions must be at least 1"),
+        (["{tiny}", "-d", "-4"], "-d/--n-depth must be at least 0, got -4"),
+        (["{tiny}", "-fa", "maybe"], "-fa/--flash-attn takes on, off or auto, got 'maybe'"),
+        (["{tiny}", "-d", "1000000"], "depth included) exceeds the training context"),
         (["{tiny}", "-p", "0", "-n", "0"], "nothing to measure"),
         (["{tiny}", "--ctx", "100000"], "exceeds the training context"),
         (["{tiny}", "--quant", "q4_0"], "--quant applies to --synthetic models only"),
@@ -89,3 +92,26 @@ def test_a_context_smaller_than_the_ubatch_is_measured_not_aborted(synthetic_tin
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows and "Traceback" not in result.stderr
+
+
+def test_depth_and_flash_attention_as_llama_bench_takes_them(synthetic_tiny_gguf: Path) -> None:
+    common = ("bench", str(synthetic_tiny_gguf), "-p", "8", "-n", "4", "-d", "0,16", "-fa", "on,off", "-r", "1")
+    result = run_cli(*common, "--no-bandwidth", "--json")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert [(r["flash_attn"], r["test"], r["n_depth"]) for r in results] == [
+        ("on", "pp8", 0),
+        ("on", "tg4", 0),
+        ("on", "pp8 @ d16", 16),
+        ("on", "tg4 @ d16", 16),
+        ("off", "pp8", 0),
+        ("off", "tg4", 0),
+        ("off", "pp8 @ d16", 16),
+        ("off", "tg4 @ d16", 16),
+    ]
+    table = run_cli(*common, "--no-bandwidth")
+    assert table.returncode == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if "test" in line and "t/s" in line)
+    assert " fa " in header
+    assert sum(" tg4 @ d16 " in line for line in table.stdout.splitlines()) == 2
+    assert "flash attention off as in chat and solve" in table.stdout

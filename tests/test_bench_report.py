@@ -95,6 +95,14 @@ def test_json_round_trip(run: BenchRun) -> None:
     assert json.loads(text)["results"][1]["samples_ns"] == run.results[1].samples_ns
 
 
+def test_a_run_saved_before_depth_and_flash_attention_reads_as_d0_auto(run: BenchRun) -> None:
+    saved = run.to_dict()
+    for result in saved["results"]:
+        del result["n_depth"], result["flash_attn"]
+    assert BenchRun.from_dict(json.loads(json.dumps(saved))) == run
+    assert {(r.n_depth, r.flash_attn) for r in run.results} == {(0, "auto")}
+
+
 def test_csv_round_trip(run: BenchRun) -> None:
     rows = parse_csv(to_csv(run))
     assert rows == csv_rows(run)

@@ -25,6 +25,7 @@ from mllm_cpu.bench.endpoint import (
     render_endpoint,
     run_endpoint_benchmark,
 )
+from mllm_cpu.bench.llama_session import DEFAULT_FLASH_ATTN, RUNTIME_FLASH_ATTN, parse_flash_attn
 from mllm_cpu.bench.report import (
     FORMATS,
     caption,
@@ -171,6 +172,17 @@ def bench(
     ] = None,
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="n_batch values for pp, comma list.")] = "2048",
     ubatch_size: Annotated[str, typer.Option("--ubatch-size", "-ub", help="n_ubatch values, comma list.")] = "512",
+    n_depth: Annotated[
+        str, typer.Option("--n-depth", "-d", help="Tokens of context before each test (tg128 @ d512), comma list.")
+    ] = "0",
+    flash_attn: Annotated[
+        str,
+        typer.Option(
+            "--flash-attn",
+            "-fa",
+            help="Flash attention on, off or auto (llama-bench's default), comma list; chat and solve run with off.",
+        ),
+    ] = DEFAULT_FLASH_ATTN,
     repetitions: Annotated[int, typer.Option("--repetitions", "-r", help="Timed repetitions per test.")] = 5,
     ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context for the fit check, memory and TTFT.")] = 4096,
     board: Annotated[str, typer.Option(help="rpi4 (4 GB), rpi5 (8 GB), pi-zero-2 (512 MB) or laptop.")] = "laptop",
@@ -226,6 +238,8 @@ def bench(
         threads=int_list(threads, "-t/--threads") if threads is not None else None,
         batches=int_list(batch_size, "-b/--batch-size"),
         ubatches=int_list(ubatch_size, "-ub/--ubatch-size"),
+        depths=int_list(n_depth, "-d/--n-depth"),
+        flash_attn=[parse_flash_attn(value) for value in comma_list(flash_attn)],
         repetitions=repetitions,
         n_ctx=ctx,
         board=board,
@@ -256,5 +270,10 @@ def bench(
     print_table(rich_table(title, columns, cells, note=caption(run)))
     fit_columns, fit_cells = fit_rows(run)
     print_table(
-        rich_table(f"Memory fit at context {ctx} (F16 KV cache)", fit_columns, fit_cells, note=fit_caption(run))
+        rich_table(
+            f"Memory fit at context {ctx} (F16 KV cache, flash attention {RUNTIME_FLASH_ATTN} as in chat and solve)",
+            fit_columns,
+            fit_cells,
+            note=fit_caption(run),
+        )
     )
