@@ -144,12 +144,16 @@ class LiveProgress:
         status = Text(self.status(), style="dim cyan")
         if self._shared:
             self._finish_full_rows(self._live.console.width)
-            if self._finished:
-                self._live.console.print(
-                    Text(printable("\n".join(self._finished)), style=self.style), soft_wrap=True, highlight=False
-                )
-                self._finished.clear()
-            self._live.update(Group(Text(printable(self._partial), style=self.style), status), refresh=True)
+            region = Group(Text(printable(self._partial), style=self.style), status)
+            if not self._finished:
+                self._live.update(region, refresh=True)
+                return
+            # printing above the region redraws it: one render for both
+            self._live.update(region, refresh=False)
+            self._live.console.print(
+                Text(printable("\n".join(self._finished)), style=self.style), soft_wrap=True, highlight=False
+            )
+            self._finished.clear()
         else:
             if self._stream is not None:
                 self._stream.flush()
