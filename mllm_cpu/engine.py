@@ -323,7 +323,10 @@ class Engine:
             reuse = 0
             while reuse < min(len(cached), len(tokens) - 1) and cached[reuse] == tokens[reuse]:
                 reuse += 1
-            llama.n_tokens = reuse  # eval() drops the cache from here on
+            if reuse and not llama._ctx.kv_cache_seq_rm(-1, reuse, -1):
+                reuse = 0  # a recurrent model's memory cannot drop a suffix: start afresh
+                llama.reset()
+            llama.n_tokens = reuse
             llama.eval(tokens[reuse:])
             while True:
                 token = sampler.sample(self._logits(self._context, -1))
