@@ -191,7 +191,9 @@ def run_llama_bench(command: list[str]) -> dict[str, float]:
     """Run llama-bench (`-o json`); mean t/s by test name ("pp512", "tg128 @ d512")."""
     means = {}
     for entry in _run_json(command, "llama-bench"):
-        test = SpeedTest(int(entry["n_prompt"]), int(entry["n_gen"]), 1, n_depth=int(entry.get("n_depth", 0)))
+        test = SpeedTest(
+            int(entry["n_prompt"]), int(entry["n_gen"]), int(entry["n_threads"]), n_depth=int(entry.get("n_depth", 0))
+        )
         means[test.name] = float(entry["avg_ts"])
     return means
 

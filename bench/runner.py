@@ -21,7 +21,7 @@ from mllm_cpu.store import resolve_model
 
 from .bandwidth import Bandwidth, measure_read_bandwidth
 from .boards import Board, fit_check, parse_board
-from .llama_session import DEFAULT_BATCH, DEFAULT_FLASH_ATTN, DEFAULT_UBATCH, FLASH_ATTN_TYPES, loaded_model
+from .llama_session import DEFAULT_BATCH, DEFAULT_FLASH_ATTN, DEFAULT_UBATCH, loaded_model, parse_flash_attn
 from .machine import machine_info, package_versions
 from .memory import measure_memory
 from .results import BenchRun, ModelResult, SpeedResult
@@ -95,8 +95,10 @@ class BenchOptions:
             bad = [v for v in values if v < least]
             if bad:
                 raise InputError(f"{name} must be at least {least}, got {bad[0]}")
-        if not self.flash_attn or any(value not in FLASH_ATTN_TYPES for value in self.flash_attn):
-            raise InputError(f"-fa/--flash-attn takes {', '.join(FLASH_ATTN_TYPES)}, got {self.flash_attn}")
+        if not self.flash_attn:
+            raise InputError("-fa/--flash-attn is empty")
+        for value in self.flash_attn:
+            parse_flash_attn(value)
         if not any(self.prompts) and not any(self.gens):
             raise InputError("nothing to measure: -p and -n are both 0")
         if self.repetitions < 1:
