@@ -21,6 +21,7 @@ from typing import Any
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.engine import FLASH_ATTENTION
+from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 
 DEFAULT_BATCH = 2048
@@ -103,6 +104,7 @@ def load_model(path: Path) -> LoadedModel:
     import llama_cpp
 
     model_file = validate_model_file(Path(path))
+    prepare_load(model_file.path)
     ensure_backend()
     params = llama_cpp.llama_model_default_params()
     with captured_llama_log() as log:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mllm_cpu import kernels
 from mllm_cpu.core.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, os_error_message
 
 try:  # Ctrl-C while the libraries load is still an interruption, not a traceback
@@ -60,6 +61,7 @@ def main() -> None:
     Bad input or environment (InputError, a file-system error, a usage error) -> one
     `error:` line and 2; Ctrl-C -> 130; a wrong answer -> 1 (the commands return it).
     """
+    kernels.set_notice_sink(lambda line: err.print(Text.assemble(("note: ", "bold"), line), soft_wrap=True))
     try:
         code = app(standalone_mode=False)
     except InputError as error:

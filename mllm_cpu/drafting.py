@@ -20,6 +20,7 @@ from llama_cpp.llama_speculative import LlamaDraftModel, LlamaPromptLookupDecodi
 
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
+from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import validate_model_file
 
 DEFAULT_DRAFT_TOKENS = 4
@@ -47,6 +48,7 @@ class DraftModel(LlamaDraftModel):
 
         self.path = Path(path)
         self.model = validate_model_file(self.path)
+        prepare_load(self.path)
         self.tokens = tokens
         with captured_llama_log() as log:
             try:

@@ -19,6 +19,7 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.identity import ModelIdentity, file_identity
+from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat
 from mllm_cpu.sampling import TokenSampler
@@ -90,6 +91,10 @@ class StopReason(str, Enum):
         return self.value
 
 
+class PromptTooLong(InputError):
+    """A prompt that does not fit the context: a fact about one problem, not about the run (a batch records it)."""
+
+
 @dataclass
 class Generation:
     """The result of one generation."""
@@ -143,6 +148,7 @@ class Engine:
         import llama_cpp
 
         self.model: ModelFile = validate_model_file(Path(path))
+        prepare_load(self.model.path)
         self.n_ctx = context_length(self.model, n_ctx)
         self.threads = threads or physical_cores()
         if self.threads < 1:
@@ -227,7 +233,7 @@ class Engine:
         options = options or self.default_options()
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if len(tokens) >= self.n_ctx:
-            raise InputError(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
+            raise PromptTooLong(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
         bad = [token for token in options.logit_bias if not 0 <= token < self.model.n_vocab]
         if bad:
             raise InputError(f"logit bias for token {bad[0]}, outside the vocabulary of {self.model.n_vocab}")

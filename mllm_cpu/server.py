@@ -27,6 +27,7 @@ from mllm_cpu.budget import BudgetedGeneration, ThinkingBudget, generate_with_bu
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log
 from mllm_cpu.engine import Engine, SamplingOptions, StopReason, context_length, sampling_defaults
+from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import PromptFormat
 from mllm_cpu.solver import choose_task
@@ -117,6 +118,7 @@ def load_served_models(specs: list[str], n_ctx: int | None) -> list[ServedModel]
     for spec in specs or [""]:
         path = resolve_model(spec)
         model = validate_model_file(path)
+        prepare_load(path)
         name = path.stem
         if any(other.name == name for other in served):
             raise InputError(f"two models are named {name}; serve files with different names")

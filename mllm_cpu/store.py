@@ -34,6 +34,11 @@ def store_home() -> Path:
     return Path(os.environ.get("MLLM_CPU_HOME") or platformdirs.user_data_dir("mllm-cpu"))
 
 
+def cache_home() -> Path:
+    """$MLLM_CPU_CACHE, or `cache/` in the store: what the one-time llama.cpp probes found."""
+    return Path(os.environ.get("MLLM_CPU_CACHE") or store_home() / "cache")
+
+
 def models_dir() -> Path:
     """Where converted GGUF files live."""
     return store_home() / "models"

@@ -12,11 +12,21 @@ from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
 
 
+@pytest.fixture(scope="session")
+def probe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of llama.cpp probe verdicts (AMX, first loads) for the session, as a user's machine keeps one."""
+    return tmp_path_factory.mktemp("mllm_cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets an empty model store, never the user's."""
+def isolated_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, probe_cache: Path
+) -> Path:
+    """Every test gets an empty model store, never the user's (the probe verdicts are the session's)."""
     home = tmp_path_factory.mktemp("mllm_home")
     monkeypatch.setenv("MLLM_CPU_HOME", str(home))
+    monkeypatch.setenv("MLLM_CPU_CACHE", str(probe_cache))
+    monkeypatch.delenv("MLLM_CPU_AMX", raising=False)
     return home
 
 

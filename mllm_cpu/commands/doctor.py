@@ -8,17 +8,21 @@ import typer
 
 from mllm_cpu.bench.machine import machine_info, package_versions
 from mllm_cpu.console import human_bytes, print_json, print_table, table
+from mllm_cpu.kernels import AMX, prepare_kernels
 
 
 def doctor(
     json_output: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
 ) -> None:
-    """Show the CPU, cores, SIMD features and build flags (as llama.cpp reports them), memory and versions."""
+    """Show the CPU, cores, SIMD features and build flags (as llama.cpp reports them), the weight kernels
+    models load with (and why), memory and versions."""
     machine = machine_info()
+    choice = prepare_kernels()
     versions = package_versions()
     if json_output:
-        print_json({"machine": machine.to_dict(), "versions": versions})
+        print_json({"machine": machine.to_dict(), "kernels": choice.to_dict(), "versions": versions})
         return
+    amx = "in use" if choice.amx else "kept out" if AMX in choice.offered else "not available"
     rows = [
         ["CPU", machine.cpu_model],
         ["architecture", f"{machine.architecture} ({machine.system})"],
@@ -26,6 +30,8 @@ def doctor(
         ["SIMD features (llama.cpp)", ", ".join(machine.simd_features) or "none"],
         ["build flags (llama.cpp)", ", ".join(machine.build_flags) or "none"],
         ["llama_print_system_info", machine.llama_system_info],
+        ["weight kernels (llama.cpp)", ", ".join(choice.used) or "plain CPU"],
+        ["AMX kernels", f"{amx}: {choice.reason}"],
         [
             "memory",
             f"{human_bytes(machine.memory_total_bytes)} total, {human_bytes(machine.memory_available_bytes)} available",
