@@ -76,14 +76,11 @@ def _check(path: Path) -> int:
     """The child side: load `path` as the runtime would, decode a batch and one token; 0 when all went well."""
     import llama_cpp
 
-    from mllm_cpu.core.llama_log import captured_llama_log
-
     prepare_kernels()
-    with captured_llama_log():
-        try:
-            llama = llama_cpp.Llama(str(path), n_ctx=CHECK_CONTEXT, n_batch=CHECK_CONTEXT, verbose=False)
-        except ValueError:
-            return EXIT_LOAD_FAILED
+    try:  # verbose: llama.cpp's log and an assert's message reach stderr, which the parent reads
+        llama = llama_cpp.Llama(str(path), n_ctx=CHECK_CONTEXT, n_batch=CHECK_CONTEXT, verbose=True)
+    except ValueError:
+        return EXIT_LOAD_FAILED
     tokens = list(range(min(CHECK_TOKENS, llama.n_vocab())))
     llama.eval(tokens)
     llama.eval(tokens[:1])

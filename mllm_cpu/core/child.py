@@ -58,13 +58,16 @@ _CXX_EXCEPTION = re.compile(r"terminate called after throwing an instance of '(?
 
 
 def run_child(command: list[str], *, timeout: float, env: dict[str, str] | None = None) -> ChildResult:
-    """Run `command` to the end (killed after `timeout` seconds), its output captured; Ctrl-C kills it too."""
+    """Run `command` to the end (killed after `timeout` seconds), its output captured; Ctrl-C kills it too.
+
+    An assert in llama.cpp prints its message and no backtrace (which would run gdb for seconds).
+    """
     with subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=None if env is None else {**os.environ, **env},
+        env={**os.environ, "GGML_NO_BACKTRACE": "1", **(env or {})},
         text=True,
         errors="replace",
     ) as process:
