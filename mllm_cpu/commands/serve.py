@@ -32,6 +32,8 @@ def serve(
 
     Give --model once per model (store name, file or checkpoint folder). Stop with Ctrl-C or SIGTERM:
     requests in flight end cleanly.
+
+    /extras/tokenize and /extras/detokenize are served too; other paths are 404.
     """
     options = ServeOptions(
         models=list(flags.models),
