@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 
 from mllm_cpu.answers import extract_answer
 from mllm_cpu.core.errors import InputError
@@ -47,21 +48,25 @@ def answer_start(text: str, preset: TaskPreset) -> int:
     return found if found >= 0 else len(text)
 
 
-def tokens_before(engine: Engine, token_ids: list[int], text: str, end: int) -> int:
+Detokenize = Callable[[list[int]], bytes]
+"""The bytes a list of token ids stands for (special tokens as empty text), e.g. `Llama.detokenize`."""
+
+
+def tokens_before(detokenize: Detokenize, token_ids: list[int], text: str, end: int) -> int:
     """How many of `token_ids` (which spell `text`) it takes to write `text[:end]`."""
     wanted = len(text[:end].encode("utf-8"))
     written = 0
     for count, token in enumerate(token_ids):
         if written >= wanted:
             return count
-        written += len(engine.llama.detokenize([token], special=False))
+        written += len(detokenize([token]))
     return len(token_ids)
 
 
-def split_tokens(engine: Engine, generation: Generation, preset: TaskPreset) -> tuple[int, int]:
+def split_tokens(detokenize: Detokenize, generation: Generation, preset: TaskPreset) -> tuple[int, int]:
     """(reasoning tokens, answer tokens) of an unforced generation."""
     start = answer_start(generation.text, preset)
-    reasoning = tokens_before(engine, generation.token_ids, generation.text, start)
+    reasoning = tokens_before(detokenize, generation.token_ids, generation.text, start)
     return reasoning, generation.generated_tokens - reasoning
 
 
@@ -70,6 +75,26 @@ def answer_cue(text: str, preset: TaskPreset) -> str:
     if START_OF_REASONING in text and END_OF_REASONING not in text:
         return f"\n{END_OF_REASONING}{preset.answer_cue}"
     return preset.answer_cue
+
+
+class AfterBudget(Enum):
+    """What follows a trace whose budget ran out."""
+
+    GO_ON = "go on"
+    """The reasoning has ended (`</think>`): the reply goes on unforced."""
+    STOP = "stop"
+    """A final answer is already written: the reply ends (stop reason "budget")."""
+    FORCE = "force"
+    """Neither: the answer cue is appended and the answer forced."""
+
+
+def after_budget(text: str, preset: TaskPreset) -> AfterBudget:
+    """What to do with a trace `text` whose thinking budget ran out."""
+    if END_OF_REASONING in text:
+        return AfterBudget.GO_ON
+    if extract_answer(text, preset).text is not None:
+        return AfterBudget.STOP
+    return AfterBudget.FORCE
 
 
 def generate_with_budget(
@@ -98,12 +123,12 @@ def generate_with_budget(
     )
     budget_ran_out = first.stop_reason == StopReason.LENGTH and budget.tokens < options.max_tokens
     if not budget_ran_out:
-        return BudgetedGeneration(first, False, *split_tokens(engine, first, preset))
+        return BudgetedGeneration(first, False, *split_tokens(engine.llama.detokenize, first, preset))
     try:
         return _after_budget(engine, prompt_ids, first, preset, budget, options, on_text)
     except KeyboardInterrupt:
         stopped = replace(first, stop_reason=StopReason.INTERRUPTED)
-        return BudgetedGeneration(stopped, False, *split_tokens(engine, stopped, preset))
+        return BudgetedGeneration(stopped, False, *split_tokens(engine.llama.detokenize, stopped, preset))
 
 
 def _after_budget(
@@ -116,17 +141,18 @@ def _after_budget(
     on_text: Callable[[str], None] | None,
 ) -> BudgetedGeneration:
     """Go on after the budget ran out: unforced past `</think>`, stop at an answer, else force one."""
-    if END_OF_REASONING in first.text:
+    step = after_budget(first.text, preset)
+    if step == AfterBudget.GO_ON:
         rest = engine.generate(
             prompt_ids + first.token_ids,
             replace(options, max_tokens=options.max_tokens - first.generated_tokens),
             on_text,
         )
-        whole = _joined(engine, first, rest, "")
-        return BudgetedGeneration(whole, False, *split_tokens(engine, whole, preset))
-    if extract_answer(first.text, preset).text is not None:
+        whole = joined_generation(first, rest, "")
+        return BudgetedGeneration(whole, False, *split_tokens(engine.llama.detokenize, whole, preset))
+    if step == AfterBudget.STOP:
         done = replace(first, stop_reason=StopReason.BUDGET)
-        return BudgetedGeneration(done, False, *split_tokens(engine, done, preset))
+        return BudgetedGeneration(done, False, *split_tokens(engine.llama.detokenize, done, preset))
     cue = answer_cue(first.text, preset)
     if on_text:
         on_text(cue)
@@ -135,11 +161,11 @@ def _after_budget(
         prompt_ids + first.token_ids + cue_ids, replace(options, max_tokens=budget.answer_tokens), on_text
     )
     return BudgetedGeneration(
-        _joined(engine, first, answer, cue), True, first.generated_tokens, answer.generated_tokens
+        joined_generation(first, answer, cue), True, first.generated_tokens, answer.generated_tokens
     )
 
 
-def _joined(engine: Engine, first: Generation, second: Generation, cue: str) -> Generation:
+def joined_generation(first: Generation, second: Generation, cue: str) -> Generation:
     """One Generation for a reply generated in two parts with `cue` between them."""
     draft = first.draft.add(second.draft) if first.draft is not None and second.draft is not None else None
     return Generation(

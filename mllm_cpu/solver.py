@@ -138,7 +138,7 @@ def solve(
 def _split(engine: Backend, generation: Generation, preset: TaskPreset) -> tuple[int, int]:
     """(reasoning, answer) tokens: exact for a local model, by share of the text for an endpoint."""
     if isinstance(engine, Engine):
-        return split_tokens(engine, generation, preset)
+        return split_tokens(engine.llama.detokenize, generation, preset)
     share = answer_start(generation.text, preset) / len(generation.text) if generation.text else 1.0
     reasoning = round(generation.generated_tokens * share)
     return reasoning, generation.generated_tokens - reasoning
