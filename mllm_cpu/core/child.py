@@ -7,6 +7,7 @@ would then shadow the installed package. The child drops that entry before impor
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -14,6 +15,18 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process: ask Linux to kill it when its parent (PID `parent`) dies; exit now if it has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except AttributeError:  # not Linux
+        return
+    if os.getppid() != parent:
+        sys.exit(1)
 
 
 def module_command(module: str, *arguments: str) -> list[str]:
