@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import os
+import stat
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mllm_cpu.backend import Backend
 from mllm_cpu.core.errors import InputError, naming_path
-from mllm_cpu.engine import SamplingOptions, StopReason
+from mllm_cpu.core.user_files import TooLarge, kind_of, limited_lines, not_regular, size_text
+from mllm_cpu.core.values import GIB, MIB
+from mllm_cpu.engine import PromptTooLong, SamplingOptions, StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.parallel import solve_each
 from mllm_cpu.problems import Problem
 from mllm_cpu.sandbox import humaneval_test_code
-from mllm_cpu.solver import AUTO_TASK, Solution, is_correct, run_solution, solve
+from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution, solve
 
 TIMING_FIELDS = ("tokens_per_second", "prompt_seconds", "generation_seconds", "seconds")
 TOTAL_ROW = "all"
@@ -104,6 +109,9 @@ class BatchRecord:
     """The thinking budget ran out and the answer was forced."""
     reasoning_tokens: int = 0
     answer_tokens: int = 0
+    failure: str | None = None
+    """Why the problem could not be tried (its prompt does not fit the context); such a record is
+    finished, so a rerun goes on with the other problems instead of stopping at it again."""
 
     @classmethod
     def of(
@@ -135,6 +143,34 @@ class BatchRecord:
             forced=solution.forced,
             reasoning_tokens=solution.reasoning_tokens,
             answer_tokens=solution.answer_tokens,
+        )
+
+    @classmethod
+    def failed(
+        cls, problem: Problem, task: str, failure: str, model: ModelIdentity, settings: BatchSettings
+    ) -> BatchRecord:
+        """The record of a problem that could not be tried: no answer, wrong when it could be graded."""
+        gradable = problem.expected is not None or bool(problem.tests)
+        return cls(
+            id=problem.id,
+            kind=problem.kind,
+            task=task,
+            problem=problem.text,
+            expected=problem.expected,
+            answer=None,
+            correct=False if gradable else None,
+            error=None,
+            stop_reason=str(StopReason.CONTEXT),
+            prompt_tokens=0,
+            tokens=0,
+            tokens_per_second=0.0,
+            prompt_seconds=0.0,
+            generation_seconds=0.0,
+            seconds=0.0,
+            output="",
+            model=model,
+            settings=settings,
+            failure=failure,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,32 +311,261 @@ def grade(problem: Problem, solution: Solution, timeout: float = DEFAULT_TIMEOUT
     return None, None
 
 
-def read_results(path: Path) -> list[BatchRecord]:
-    """The records of a results file; a half-written last line (from a kill) is cut off the file.
+RESULTS_FILE_LIMIT = 1 * GIB
+"""The largest results file read back to resume: MAX_PROBLEMS records of about 10 KiB."""
+RECORD_LIMIT = 16 * MIB
+"""The longest line of a results file read back: one record, whose output fills a long context."""
+_SCAN_CHUNK = 1 * MIB
 
-    A line that is not a record of this format raises NotResumable naming the file and line.
+
+def is_stream(path: Path) -> bool:
+    """True when `path` takes records without being read back: this process's stdout or stderr, or /dev/null.
+
+    False for a regular file or a path not there yet; InputError (one line) for anything else:
+    a FIFO, another device, a folder or a socket. Those are no results file to append to and
+    resume from (a FIFO would hang, /dev/zero and /dev/full would be read forever).
     """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        with path.open("r+b") as file:
-            file.truncate(complete)
-            file.flush()
-            os.fsync(file.fileno())
-    records: list[BatchRecord] = []
-    for number, line in enumerate(data[:complete].decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
+    try:
+        status = os.stat(path)
+    except OSError:
+        return False  # missing (created on the first record), or an error the open will name
+    if _standard_stream(status) is not None or _is_null_device(status):
+        return True
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError(
+            f"{path}: is {kind_of(status.st_mode)}, not a regular file: results are appended to a regular "
+            "file and resumed from it (/dev/stdout or /dev/null take them without resuming)"
+        )
+    return False
+
+
+def check_results_path(path: Path) -> None:
+    """Before any work: InputError when `path` can be no results file (see is_stream) or another run holds it."""
+    if is_stream(path) or not path.exists():
+        return
+    with hold_results(path):
+        pass
+
+
+def is_stdout(path: Path) -> bool:
+    """True when `path` is this process's stdout: /dev/stdout, /proc/self/fd/1, or the file stdout goes to."""
+    try:
+        return _standard_stream(os.stat(path)) == 1
+    except OSError:
+        return False
+
+
+def _standard_stream(status: os.stat_result) -> int | None:
+    """1 or 2 when `status` is this process's stdout or stderr (/dev/stdout, /proc/self/fd/2, the terminal)."""
+    for descriptor in (1, 2):
         try:
-            records.append(BatchRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            if os.path.samestat(status, os.fstat(descriptor)):
+                return descriptor
+        except OSError:
+            continue
+    return None
+
+
+def _is_null_device(status: os.stat_result) -> bool:
+    null = os.stat(os.devnull)
+    return stat.S_ISCHR(status.st_mode) and status.st_rdev == null.st_rdev
+
+
+def _open_held(path: Path, *, exclusive: bool = False) -> int:
+    """A descriptor of the regular file `path` (created if missing) holding its lock; InputError if another run does."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
+    descriptor = os.open(path, flags, 0o644)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise not_regular(path, mode)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(descriptor)
+            pid = f" (pid {holder})" if holder is not None else ""
+            raise InputError(
+                f"{path}: in use by another run{pid}; wait for it to end, or choose another --out"
+            ) from None
+        return descriptor
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _lock_holder(descriptor: int) -> int | None:
+    """The process holding the flock of the open file `descriptor`, from Linux's /proc/locks; None if unknown."""
+    status = os.fstat(descriptor)
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                # "3: FLOCK  ADVISORY  WRITE 4242 fd:01:1310834 0 EOF"
+                parts = line.split()
+                if len(parts) < 6 or parts[1] != "FLOCK":
+                    continue
+                major, minor, inode = parts[5].split(":")
+                if int(inode) == status.st_ino and os.makedev(int(major, 16), int(minor, 16)) == status.st_dev:
+                    return int(parts[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class ResultsFile:
+    """The records of one run, held while it runs (see hold_results): a locked regular file, or a stream."""
+
+    def __init__(self, path: Path, descriptor: int, *, stream: bool, created: bool = False) -> None:
+        self.path = path
+        self.stream = stream
+        """Records are written and never read back: stdout, stderr or /dev/null."""
+        self._descriptor = descriptor
+        self._created = created
+
+    def read(self) -> list[BatchRecord]:
+        """The records in the file (none for a stream); a half-written last line (from a kill) is cut off.
+
+        A line that is not a record of this format raises NotResumable naming the file and line
+        (before anything is cut, so another kind of file is left as it was); so does a file past
+        RESULTS_FILE_LIMIT or a line past RECORD_LIMIT (nothing more is read).
+        """
+        if self.stream:
+            return []
+        size = self._check_size()
+        complete = _end_of_last_line(self._descriptor, size)
+        records: list[BatchRecord] = []
+        offset = 0
+        os.lseek(self._descriptor, 0, os.SEEK_SET)
+        with open(self._descriptor, "rb", closefd=False) as file:
+            lines = limited_lines(file, self.path, RECORD_LIMIT, "a results record")
+            try:
+                while offset < complete:  # past `complete` is a half-written last line, never read
+                    number, line = next(lines, (0, b""))
+                    if not line:
+                        break
+                    offset += len(line)
+                    if line.strip():
+                        records.append(self._record(number, line))
+            except TooLarge as error:
+                raise NotResumable(f"{error}; choose another --out, or --force to set the file aside") from None
+        if complete < size:
+            os.ftruncate(self._descriptor, complete)
+            os.fsync(self._descriptor)
+        return records
+
+    def _check_size(self) -> int:
+        """The file's size; NotResumable past RESULTS_FILE_LIMIT."""
+        size = os.fstat(self._descriptor).st_size
+        if size > RESULTS_FILE_LIMIT:
             raise NotResumable(
-                f"{path}:{number}: not a results record of this mllm-cpu (no model or settings); "
+                f"{self.path}: larger than {size_text(RESULTS_FILE_LIMIT)}, the limit for a results file to resume; "
+                "choose another --out, or --force to set the file aside"
+            )
+        return size
+
+    def _record(self, number: int, line: bytes) -> BatchRecord:
+        try:
+            return BatchRecord.from_dict(json.loads(line.decode("utf-8", errors="replace")))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
+            raise NotResumable(
+                f"{self.path}:{number}: not a results record of this mllm-cpu (no model or settings); "
                 "choose another --out, or --force to set the file aside and start anew"
             ) from None
-    return records
+
+    def append(self, record: BatchRecord) -> None:
+        """Write one record as a line; in a file, fsynced, and a failed write (a full disk) leaves no part of it."""
+        line = (json.dumps(record.to_dict(), ensure_ascii=False) + "\n").encode()
+        with naming_path(self.path):
+            if self.stream:
+                _write_all(self._descriptor, line)
+                return
+            end = os.fstat(self._descriptor).st_size
+            try:
+                _write_all(self._descriptor, line)
+                os.fsync(self._descriptor)
+            except OSError:
+                os.ftruncate(self._descriptor, end)
+                raise
+
+    def set_aside(self) -> Path:
+        """Rename the file to the first free NAME.N.jsonl beside it and hold a new, empty one; returns the new name."""
+        number = 1
+        while (aside := self.path.with_name(f"{self.path.stem}.{number}{self.path.suffix}")).exists():
+            number += 1
+        self.path.rename(aside)
+        descriptor = _open_held(self.path, exclusive=True)
+        os.close(self._descriptor)
+        self._descriptor, self._created = descriptor, True
+        return aside
+
+    def close(self) -> None:
+        """Let go of the file (its lock ends); a file this run created and left empty is removed."""
+        if self.stream:
+            return
+        status = os.fstat(self._descriptor)
+        if self._created and status.st_size == 0 and _names(self.path, status):
+            self.path.unlink()
+        os.close(self._descriptor)
+
+
+@contextmanager
+def hold_results(path: Path) -> Iterator[ResultsFile]:
+    """The results file `path` for one run: a regular file locked against other runs until the block ends
+    (created when missing, removed again if it stays empty), or a stream (see is_stream).
+
+    InputError when another run holds the file, naming that run's process where Linux tells it.
+    """
+    if is_stream(path):
+        standard = _standard_stream(os.stat(path))
+        descriptor = standard if standard is not None else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            yield ResultsFile(path, descriptor, stream=True)
+        finally:
+            if standard is None:
+                os.close(descriptor)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not os.path.lexists(path)
+    results = ResultsFile(path, _open_held(path), stream=False, created=created)
+    try:
+        yield results
+    finally:
+        results.close()
+
+
+def _names(path: Path, status: os.stat_result) -> bool:
+    """True when `path` still names the file of `status`."""
+    try:
+        return os.path.samestat(status, os.stat(path))
+    except OSError:
+        return False
+
+
+def _end_of_last_line(descriptor: int, size: int) -> int:
+    """The offset just past the file's last newline (0 when it has none), read backwards in chunks."""
+    end = size
+    while end > 0:
+        start = max(0, end - _SCAN_CHUNK)
+        chunk = os.pread(descriptor, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    rest = memoryview(data)
+    while rest:
+        rest = rest[os.write(descriptor, rest) :]
+
+
+def read_results(path: Path) -> list[BatchRecord]:
+    """The records of a results file (none when it is missing), held against other runs while it is read
+    (see ResultsFile.read)."""
+    if not os.path.lexists(path):
+        return []
+    with hold_results(path) as results:
+        return results.read()
 
 
 def check_resumable(path: Path, records: list[BatchRecord], model: ModelIdentity, settings: BatchSettings) -> None:
@@ -324,29 +589,6 @@ def _model_differences(there: ModelIdentity, now: ModelIdentity) -> list[str]:
     return [f"model {now.model} with other contents (fingerprint {there.fingerprint} there, {now.fingerprint} now)"]
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a results file to the first free NAME.N.jsonl beside it; returns the new path."""
-    number = 1
-    while (aside := path.with_name(f"{path.stem}.{number}{path.suffix}")).exists():
-        number += 1
-    path.rename(aside)
-    return aside
-
-
-def _append(path: Path, record: BatchRecord) -> None:
-    line = (json.dumps(record.to_dict(), ensure_ascii=False) + "\n").encode()
-    with naming_path(path), path.open("ab", buffering=0) as file:
-        end = file.tell()
-        try:
-            rest = memoryview(line)
-            while rest:
-                rest = rest[file.write(rest) or 0 :]
-            os.fsync(file.fileno())
-        except OSError:  # a full disk: no half-written record is left behind
-            file.truncate(end)
-            raise
-
-
 def _check_unique_ids(problems: list[Problem]) -> None:
     seen: set[str] = set()
     for problem in problems:
@@ -355,18 +597,26 @@ def _check_unique_ids(problems: list[Problem]) -> None:
         seen.add(problem.id)
 
 
-def finished_records(
-    path: Path, problems: list[Problem], model: ModelIdentity, settings: BatchSettings
-) -> list[BatchRecord]:
-    """The records already in `path` for `problems`, in file order.
+def _resumed(
+    results: ResultsFile, model: ModelIdentity, settings: BatchSettings, force: bool
+) -> tuple[list[BatchRecord], Path | None]:
+    """The records to resume from, and where `force` set the file aside when it held other results."""
+    try:
+        records = results.read()
+        check_resumable(results.path, records, model, settings)
+    except NotResumable:
+        if not force:
+            raise
+        return [], results.set_aside()
+    return records, None
 
-    NotResumable when any record of the file was made by another model or with other
-    settings (see check_resumable), or when a line is not a record.
-    """
-    records = read_results(path)
-    check_resumable(path, records, model, settings)
-    wanted = {problem.id for problem in problems}
-    return [record for record in records if record.id in wanted]
+
+@dataclass(frozen=True)
+class BatchStart:
+    """What a batch found before solving: the records already there, and where --force moved other results."""
+
+    already: list[BatchRecord]
+    aside: Path | None
 
 
 def run_batch(
@@ -381,6 +631,8 @@ def run_batch(
     parallel: int = 1,
     budget: int | None = None,
     answer_tokens: int | None = None,
+    force: bool = False,
+    on_start: Callable[[BatchStart], None] | None = None,
     on_record: Callable[[BatchProgress], None] | None = None,
     on_failure: Callable[[Problem, Exception], None] | None = None,
 ) -> list[BatchRecord]:
@@ -391,9 +643,13 @@ def run_batch(
     so an interrupted and resumed run writes the same records as an uninterrupted one. Ctrl-C
     during a problem raises KeyboardInterrupt without writing that problem. Every record names
     `model` (default: the engine's file) and the settings; a file holding another model's or
-    settings' records raises NotResumable before anything is solved. `timeout` bounds each
-    HumanEval answer's run. With `parallel` > 1 that many problems are solved at once (for
-    endpoints) and records are written as they finish. With `on_failure`, a problem whose
+    settings' records raises NotResumable before anything is solved, unless `force` sets it
+    aside (renamed, see ResultsFile.set_aside). The file is locked for the whole run (a second
+    run on it fails at once); a stream `out_path` (stdout, /dev/null) is written, never read.
+    `on_start` hears what was found before solving. `timeout` bounds each HumanEval answer's
+    run. With `parallel` > 1 that many problems are solved at once (for endpoints) and records
+    are written as they finish. A problem whose prompt does not fit the context is recorded as
+    failed (`failure`) and never tried again on this file. With `on_failure`, a problem whose
     endpoint failed is reported to it and left out (a rerun solves it); without, the error is raised.
     `budget` and `answer_tokens` set a thinking budget (see mllm_cpu/budget.py).
     """
@@ -401,35 +657,43 @@ def run_batch(
     options = options or engine.default_options()
     model = model or engine.identity()
     settings = BatchSettings.of(task, options, budget, answer_tokens)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    finished = {record.id: record for record in finished_records(out_path, problems, model, settings)}
-    graded = sum(record.correct is not None for record in finished.values())
-    correct = sum(record.correct is True for record in finished.values())
 
     def solve_problem(problem: Problem) -> BatchRecord:
         seeded = options if options.seed is None else replace(options, seed=problem_seed(options.seed, problem.id))
         problem_task = task if task != AUTO_TASK else (problem.task or AUTO_TASK)
-        solution = solve(
-            engine,
-            problem_prompt(problem),
-            problem_task,
-            seeded,
-            reuse_prefix=False,
-            budget=budget,
-            answer_tokens=answer_tokens,
-        )
+        prompt = problem_prompt(problem)
+        try:
+            solution = solve(
+                engine,
+                prompt,
+                problem_task,
+                seeded,
+                reuse_prefix=False,
+                budget=budget,
+                answer_tokens=answer_tokens,
+            )
+        except PromptTooLong as error:
+            return BatchRecord.failed(problem, choose_task(problem_task, prompt).name, str(error), model, settings)
         if solution.stop_reason == StopReason.INTERRUPTED:
             raise KeyboardInterrupt
         return BatchRecord.of(problem, solution, grade(problem, solution, timeout), model, settings)
 
-    pending = [problem for problem in problems if problem.id not in finished]
-    for problem, record in solve_each(solve_problem, pending, parallel, on_failure):
-        _append(out_path, record)
-        finished[problem.id] = record
-        graded += record.correct is not None
-        correct += record.correct is True
-        if on_record:
-            on_record(BatchProgress(len(finished), len(problems), graded, correct, record))
+    wanted = {problem.id for problem in problems}
+    with hold_results(out_path) as results:
+        records, aside = _resumed(results, model, settings, force)
+        finished = {record.id: record for record in records if record.id in wanted}
+        if on_start:
+            on_start(BatchStart(list(finished.values()), aside))
+        graded = sum(record.correct is not None for record in finished.values())
+        correct = sum(record.correct is True for record in finished.values())
+        pending = [problem for problem in problems if problem.id not in finished]
+        for problem, record in solve_each(solve_problem, pending, parallel, on_failure):
+            results.append(record)
+            finished[problem.id] = record
+            graded += record.correct is not None
+            correct += record.correct is True
+            if on_record:
+                on_record(BatchProgress(len(finished), len(problems), graded, correct, record))
     return [finished[problem.id] for problem in problems if problem.id in finished]
 
 

@@ -21,7 +21,7 @@ from mllm_cpu.hardware import physical_cores
 from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
-from mllm_cpu.prompt_format import Message, PromptFormat
+from mllm_cpu.prompt_format import Message, PromptFormat, PromptTooLong
 from mllm_cpu.sampling import TokenSampler
 from mllm_cpu.stop_text import StopTextFilter
 
@@ -89,10 +89,6 @@ class StopReason(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-class PromptTooLong(InputError):
-    """A prompt that does not fit the context: a fact about one problem, not about the run (a batch records it)."""
 
 
 @dataclass

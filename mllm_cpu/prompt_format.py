@@ -15,6 +15,10 @@ _PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 """Turn labels of the plain transcript used for files without a chat template (base models)."""
 
 
+class PromptTooLong(InputError):
+    """A prompt that does not fit the context: a fact about one problem, not about the run (a batch records it)."""
+
+
 class PromptFormat:
     """Renders conversations by the file's chat template and tokenizes prompts as the runtime does.
 

@@ -56,7 +56,9 @@ def stored_models() -> list[Path]:
 
 
 def find_stored(name: str) -> Path:
-    """The store file named `name` exactly, or the one file whose name starts with it."""
+    """The store file named `name` exactly, or the one file whose name starts with it (an empty name is refused)."""
+    if not name.strip():
+        raise InputError(f"an empty model name ({name!r}) names no model; give one from `mllm-cpu models`")
     models = stored_models()
     exact = [m for m in models if m.stem.lower() == name.lower() or m.name.lower() == name.lower()]
     if exact:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from contextlib import AbstractContextManager, nullcontext, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -11,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.text import Text
 
@@ -19,14 +21,15 @@ from mllm_cpu.backend import Backend
 from mllm_cpu.batch import (
     DEFAULT_TIMEOUT,
     BatchProgress,
-    BatchSettings,
+    BatchRecord,
+    BatchStart,
     ModelSummary,
-    NotResumable,
-    finished_records,
+    check_results_path,
+    is_stdout,
+    is_stream,
     model_summary,
     read_results,
     run_batch,
-    set_aside,
 )
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
 from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table
@@ -36,7 +39,7 @@ from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG, InputError
 from mllm_cpu.engine import Engine, SamplingOptions, StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.live_progress import LiveProgress
-from mllm_cpu.problems import Problem, load_problems
+from mllm_cpu.problems import Problem, load_problems, read_problem, read_tests
 from mllm_cpu.sandbox import SandboxResult
 from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution
 from mllm_cpu.solver import solve as solve_problem
@@ -123,8 +126,7 @@ def solve(
         raise InputError("the same --model is given twice")
     if check is not None and not check.strip():
         raise InputError("--check is empty: give the expected answer, e.g. --check 42")
-    if tests is not None and not tests.is_file():
-        raise InputError(f"{tests}: no such file")
+    tests_code = read_tests(tests) if tests is not None else None
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     if is_batch:
@@ -132,14 +134,16 @@ def solve(
         batch_task = task if task.strip().lower() == AUTO_TASK else get_preset(task).name
         problems = load_problems(file)[:limit]
         if out_path is not None:
-            ensure_writable_file(out_path, "--out")
+            check_results_path(out_path)
+            if not is_stream(out_path):
+                ensure_writable_file(out_path, "--out")
         job = _BatchJob(flags, problems, file, out_path, batch_task, timeout, force, json_output)
         if len(flags.budgets()) > 1:
             _solve_sweep(job)
         else:
             _solve_batches(job)
         return
-    text = problem if problem is not None else _read_problem(file)
+    text = problem if problem is not None else read_problem(file) if file is not None else ""
     if not text.strip():
         raise InputError("the problem is empty")
     preset = choose_task(task, text)
@@ -159,22 +163,12 @@ def solve(
         options,
         check,
         run or tests is not None,
-        tests.read_text(encoding="utf-8") if tests else None,
+        tests_code,
         timeout,
         json_output,
         budgets[0] if budgets else None,
         flags.answer_tokens,
     )
-
-
-def _read_problem(file: Path | None) -> str:
-    assert file is not None
-    try:
-        return file.read_text(encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"{file}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{file}: not UTF-8 text") from None
 
 
 def _solve_one(
@@ -370,17 +364,18 @@ def _solve_batches(job: _BatchJob) -> None:
         target = _results_path(job.file, out_path, identity, several=len(specs) > 1)
         if budget is not None and out_path is None:
             target = budget_results_path(target, budget)
-        if any(summary.results == target for summary in summaries):
+        if any(summary.results == target for summary in summaries) and not is_stream(target):
             raise InputError(f"two models would write to {target}; give them files with different names")
-        summary, interrupted = _solve_batch(job, engine, identity, target, budget, parallel=flags.parallel or 1)
+        summary, _, interrupted = _solve_batch(job, engine, identity, target, budget, parallel=flags.parallel or 1)
         summaries.append(summary)
         del engine
         if interrupted:
             break
-    if len(specs) == 1:
-        _show_batch(summaries[0], interrupted, json_output)
-    else:
-        _show_comparison(summaries, len(problems), interrupted, json_output)
+    with _summary_output(out_path):
+        if len(specs) == 1:
+            _show_batch(summaries[0], interrupted, json_output)
+        else:
+            _show_comparison(summaries, len(problems), interrupted, json_output)
     unsolved = sum(summary.problems - summary.total.problems for summary in summaries)
     if unsolved and not interrupted:
         raise InputError(
@@ -389,6 +384,11 @@ def _solve_batches(job: _BatchJob) -> None:
         )
     if interrupted:
         _exit_interrupted()
+
+
+def _summary_output(out_path: Path | None) -> AbstractContextManager[object]:
+    """Where a batch's summary goes: stderr when the records stream to stdout (--out /dev/stdout), else stdout."""
+    return redirect_stdout(sys.stderr) if out_path is not None and is_stdout(out_path) else nullcontext()
 
 
 def _exit_interrupted() -> NoReturn:
@@ -410,14 +410,13 @@ def _solve_sweep(job: _BatchJob) -> None:
     for budget in flags.budgets():
         if not json_output:
             err.print(f"[bold]budget {budget} tokens[/bold]", highlight=False)
-        target = budget_results_path(base, budget)
-        summary, interrupted = _solve_batch(job, engine, identity, target, budget)
-        ids = {problem.id for problem in problems}
-        records = [record for record in read_results(target) if record.id in ids]
+        target = base if is_stream(base) else budget_results_path(base, budget)
+        _, records, interrupted = _solve_batch(job, engine, identity, target, budget)
         points.append(budget_point(budget, target, len(problems), records))
         if interrupted:
             break
-    _show_sweep(identity, points, interrupted, json_output)
+    with _summary_output(job.out_path):
+        _show_sweep(identity, points, interrupted, json_output)
     if interrupted:
         _exit_interrupted()
 
@@ -449,8 +448,9 @@ def _show_sweep(model: ModelIdentity, points: list[BudgetPoint], interrupted: bo
 
 
 def _results_path(file: Path, out_path: Path | None, model: ModelIdentity, several: bool) -> Path:
-    """--out for one model; else a file per model named after it (beside --out or the problems file)."""
-    if out_path is not None and not several:
+    """--out for one model (a stream takes every model's records); else a file per model named after it
+    (beside --out or the problems file)."""
+    if out_path is not None and (not several or is_stream(out_path)):
         return out_path
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", model.model.removesuffix(".gguf")).strip("-.") or "model"
     if out_path is not None:
@@ -460,32 +460,11 @@ def _results_path(file: Path, out_path: Path | None, model: ModelIdentity, sever
 
 def _solve_batch(
     job: _BatchJob, engine: Backend, identity: ModelIdentity, target: Path, budget: int | None, parallel: int = 1
-) -> tuple[ModelSummary, bool]:
-    """Run (or resume) one model's batch with a progress bar; returns its summary and whether Ctrl-C stopped it."""
+) -> tuple[ModelSummary, list[BatchRecord], bool]:
+    """Run (or resume) one model's batch with a progress bar; returns its summary, its finished records and
+    whether Ctrl-C stopped it."""
     problems, task, json_output = job.problems, job.task, job.json_output
     options, answer_tokens = job.flags.sampling(engine), job.flags.answer_tokens
-    settings = BatchSettings.of(task, options, budget, answer_tokens)
-    try:
-        already = finished_records(target, problems, identity, settings)
-    except NotResumable:
-        if not job.force:
-            raise
-        aside = set_aside(target)
-        err.print(
-            f"--force: the earlier results are now in {escape(str(aside))}; starting {escape(str(target))} anew",
-            soft_wrap=True,
-            highlight=False,
-        )
-        already = []
-    if not json_output:
-        resumed = f" · resuming: {len(already)} of {len(problems)} problems already there" if already else ""
-        err.print(
-            f"[dim]{escape(identity.model)} · results in {escape(str(target))}{resumed}[/dim]",
-            soft_wrap=True,
-            highlight=False,
-        )
-    graded = [record for record in already if record.correct is not None]
-    accuracy_text = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
     columns = (
         TextColumn("solving"),
         BarColumn(),
@@ -495,16 +474,40 @@ def _solve_batch(
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
+    already: list[BatchRecord] = []
+    written: list[BatchRecord] = []
     interrupted = False
     with progress_bars(*columns, transient=json_output) as progress:
-        bar = progress.add_task("solving", total=len(problems), completed=len(already), accuracy=accuracy_text)
+        bar: TaskID | None = None  # shown once the results file is read, so a refused file leaves no bar
+
+        def note(message: str) -> None:
+            progress.console.print(message, soft_wrap=True, highlight=False)
+
+        def started(start: BatchStart) -> None:
+            nonlocal bar
+            already.extend(start.already)
+            if start.aside is not None:
+                aside, anew = escape(str(start.aside)), escape(str(target))
+                note(f"--force: the earlier results are now in {aside}; starting {anew} anew")
+            if not json_output:
+                failed = sum(record.failure is not None for record in already)
+                resumed = f" · resuming: {len(already)} of {len(problems)} problems already there" if already else ""
+                resumed += f" ({failed} recorded as failed)" if failed else ""
+                note(f"[dim]{escape(identity.model)} · results in {escape(str(target))}{resumed}[/dim]")
+            graded = [record for record in already if record.correct is not None]
+            accuracy = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
+            bar = progress.add_task("solving", total=len(problems), completed=len(already), accuracy=accuracy)
 
         def advance(state: BatchProgress) -> None:
+            written.append(state.record)
+            failure = state.record.failure
+            if failure is not None:
+                note(f"[yellow]{escape(state.record.id)}: failed: {escape(failure)} (recorded; going on)[/yellow]")
+            assert bar is not None
             progress.update(bar, completed=state.done, accuracy=_accuracy_text(state.correct, state.graded))
 
         def skipped(problem: Problem, error: Exception) -> None:
-            message = f"[yellow]{escape(problem.id)}: not solved: {escape(str(error))}[/yellow]"
-            progress.console.print(message, soft_wrap=True, highlight=False)
+            note(f"[yellow]{escape(problem.id)}: not solved: {escape(str(error))}[/yellow]")
 
         try:
             records = run_batch(
@@ -518,14 +521,17 @@ def _solve_batch(
                 parallel=parallel,
                 budget=budget,
                 answer_tokens=answer_tokens,
+                force=job.force,
+                on_start=started,
                 on_record=advance,
                 on_failure=skipped,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the file is what was saved (Ctrl-C may come between a write and its note)
             interrupted = True
-            records = finished_records(target, problems, identity, settings)
+            ids = {problem.id for problem in problems}
+            records = already + written if is_stream(target) else [r for r in read_results(target) if r.id in ids]
     quant = summarize_header(engine.model.header).file_type if isinstance(engine, Engine) else None
-    return model_summary(identity, quant, target, len(problems), records), interrupted
+    return model_summary(identity, quant, target, len(problems), records), records, interrupted
 
 
 def _show_batch(summary: ModelSummary, interrupted: bool, json_output: bool) -> None:
