@@ -1,46 +1,118 @@
-"""The `mllm-cpu` command line: a thin typer layer over the package's functions."""
+"""The `mllm-cpu` command line: a thin typer layer over the package's functions.
+
+Each command's module is imported only when that command runs (or shows its own help), so
+`mllm-cpu --help`, `models` or `rm` start without llama.cpp, the HTTP clients or sympy; the
+command list in the top-level help reads each command's docstring from its source.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import os
 import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from mllm_cpu import kernels
-from mllm_cpu.core.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, os_error_message
+from mllm_cpu.core.errors import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    InputError,
+    Terminated,
+    os_error_message,
+)
 
 try:  # Ctrl-C while the libraries load is still an interruption, not a traceback
     import typer
     from rich.text import Text
+    from typer import _click as click  # typer vendors click; its groups take these types
+    from typer.core import TyperCommand, TyperGroup
 
-    from mllm_cpu.commands.bench import bench
-    from mllm_cpu.commands.chat import chat
-    from mllm_cpu.commands.convert import convert
-    from mllm_cpu.commands.doctor import doctor
-    from mllm_cpu.commands.models import info, models
-    from mllm_cpu.commands.pull import pull
-    from mllm_cpu.commands.quality import quality
-    from mllm_cpu.commands.repair import repair
-    from mllm_cpu.commands.rm import rm
-    from mllm_cpu.commands.serve import serve
-    from mllm_cpu.commands.solve import solve
     from mllm_cpu.console import err
 except KeyboardInterrupt:
     sys.stderr.write("interrupted\n")
     sys.exit(EXIT_INTERRUPTED)
 
-app = typer.Typer(add_completion=False, help="Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp.")
-app.command()(convert)
-app.command()(bench)
-app.command()(quality)
-app.command()(doctor)
-app.command()(solve)
-app.command()(chat)
-app.command()(models)
-app.command()(info)
-app.command()(serve)
-app.command()(repair)
-app.command()(pull)
-app.command()(rm)
+DEBUG_ENV = "MLLM_CPU_DEBUG"
+"""Set to 1 to see the full traceback after a one-line error."""
+
+
+@dataclass(frozen=True)
+class CommandEntry:
+    """Where a command's typer function lives: `mllm_cpu.commands.<module>.<function>`."""
+
+    module: str
+    function: str
+
+
+COMMANDS: dict[str, CommandEntry] = {
+    "convert": CommandEntry("convert", "convert"),
+    "bench": CommandEntry("bench", "bench"),
+    "quality": CommandEntry("quality", "quality"),
+    "doctor": CommandEntry("doctor", "doctor"),
+    "solve": CommandEntry("solve", "solve"),
+    "chat": CommandEntry("chat", "chat"),
+    "models": CommandEntry("models", "models"),
+    "info": CommandEntry("models", "info"),
+    "serve": CommandEntry("serve", "serve"),
+    "repair": CommandEntry("repair", "repair"),
+    "pull": CommandEntry("pull", "pull"),
+    "rm": CommandEntry("rm", "rm"),
+}
+"""The commands, in the order the help lists them."""
+
+
+@cache
+def load_command(name: str) -> click.Command:
+    """Import one command's module and build its click command."""
+    entry = COMMANDS[name]
+    function = getattr(importlib.import_module(f"mllm_cpu.commands.{entry.module}"), entry.function)
+    single = typer.Typer(add_completion=False)
+    single.command(name)(function)
+    return typer.main.get_command(single)
+
+
+def command_docstring(name: str) -> str:
+    """A command's docstring, read from its module's source without importing it."""
+    entry = COMMANDS[name]
+    spec = importlib.util.find_spec(f"mllm_cpu.commands.{entry.module}")
+    if spec is None or spec.origin is None:
+        return ""
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == entry.function:
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+class LazyCommands(TyperGroup):
+    """The root command group: lists every command, imports only the one that runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        return TyperCommand(cmd_name, help=command_docstring(cmd_name))  # a stand-in for the help list
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in COMMANDS:
+            self.commands[args[0]] = load_command(args[0])
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=LazyCommands, add_completion=False, help="Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp."
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -51,7 +123,10 @@ def root(context: typer.Context) -> None:
 
 
 def _fail(message: str, code: int) -> None:
+    """Print the one error line and exit; with MLLM_CPU_DEBUG=1, re-raise the error being handled first."""
     err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0") and sys.exc_info()[1] is not None:
+        raise
     sys.exit(code)
 
 
@@ -59,7 +134,8 @@ def main() -> None:
     """Console entry point; the one place that maps failures to exit codes.
 
     Bad input or environment (InputError, a file-system error, a usage error) -> one
-    `error:` line and 2; Ctrl-C -> 130; a wrong answer -> 1 (the commands return it).
+    `error:` line and 2; Ctrl-C -> 130 (SIGTERM, where a command turns it into
+    Terminated, -> 143); a wrong answer -> 1 (the commands return it).
     """
     kernels.set_notice_sink(lambda line: err.print(Text.assemble(("note: ", "bold"), line), soft_wrap=True))
     try:
@@ -73,7 +149,10 @@ def main() -> None:
         _fail(os_error_message(error), EXIT_INPUT)
     except MemoryError:
         _fail("out of memory (try a smaller model, quant or --ctx)", EXIT_INPUT)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt) as error:  # click turns KeyboardInterrupt into Abort
+        if isinstance(error, Terminated) or isinstance(error.__cause__, Terminated):
+            err.print("terminated")
+            sys.exit(EXIT_TERMINATED)
         err.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as error:

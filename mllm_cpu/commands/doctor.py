@@ -14,8 +14,7 @@ from mllm_cpu.kernels import AMX, prepare_kernels
 def doctor(
     json_output: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
 ) -> None:
-    """Show the CPU, cores, SIMD features and build flags (as llama.cpp reports them), the weight kernels
-    models load with (and why), memory and versions."""
+    """Show the CPU, SIMD features and build flags (as llama.cpp reports them), weight kernels, memory, versions."""
     machine = machine_info()
     choice = prepare_kernels()
     versions = package_versions()

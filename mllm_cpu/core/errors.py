@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,27 @@ class InputError(Exception):
 EXIT_WRONG = 1
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+"""128 + SIGTERM, as a shell reports a process that SIGTERM ended."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by a command that cleans up on it as on Ctrl-C (`terminate_as_interrupt`)."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """In the block, SIGTERM raises Terminated (once; a second SIGTERM waits for the cleanup)."""
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def os_error_message(error: OSError) -> str:
