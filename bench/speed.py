@@ -31,7 +31,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.core.llama_log import captured_llama_log
 from mllm_cpu.prompt_format import PromptFormat
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.tasks import get_preset
@@ -246,12 +245,8 @@ class FirstTokenSamples:
 
 
 def prompt_format(model: LoadedModel) -> PromptFormat:
-    """The runtime's chat rendering and tokenization (Engine's), over a vocabulary-only load of the file."""
-    import llama_cpp
-
-    with captured_llama_log():
-        vocab = llama_cpp.Llama(str(model.file.path), vocab_only=True, verbose=False)
-    return PromptFormat(model.file.header, vocab)
+    """The runtime's chat rendering and tokenization (Engine's), over the loaded model's vocabulary."""
+    return PromptFormat(model.file.header, model, model.vocab)
 
 
 def chat_prompt_text(prompts: PromptFormat) -> str:

@@ -11,10 +11,17 @@ from typing import Any
 from mllm_cpu.backend import Backend
 from mllm_cpu.budget import ThinkingBudget, generate_with_budget
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.user_files import read_text
+from mllm_cpu.core.values import MIB
 from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions
+from mllm_cpu.prompt_format import unicode_text
 from mllm_cpu.tasks import TASK_NAMES, TaskPreset, get_preset
 
 CONVERSATION_FORMAT = "mllm-cpu-conversation"
+CONVERSATION_FILE_LIMIT = 16 * MIB
+"""The largest conversation file /load reads (old turns are dropped to fit the context, so it may be long)."""
+MESSAGE_LIMIT = 1 * MIB
+"""The longest message chat takes from piped input (a line): far more text than any context holds."""
 _ROLES = ("user", "assistant")
 
 HELP_TEXT = f"""\
@@ -96,6 +103,16 @@ class Conversation:
         engine = self._local()
         return engine.tokenize(engine.render_chat(self.messages()))
 
+    def _prompt_within(self, tokens: int) -> list[int] | None:
+        """The prompt's tokens when it has at most `tokens`, else None; a text that surely has
+        more (by its length) is not tokenized, so a huge message costs no more than the context."""
+        engine = self._local()
+        text = engine.render_chat(self.messages())
+        if engine.prompt_format.surely_longer(text, tokens):
+            return None
+        ids = engine.tokenize(text)
+        return ids if len(ids) <= tokens else None
+
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> Reply:
         """Add a user message and generate the assistant's reply (kept even when Ctrl-C cut it short)."""
         self.turns.append({"role": "user", "content": text})
@@ -124,16 +141,18 @@ class Conversation:
         """Drop the oldest turns until the prompt leaves room for a reply; the system prompt stays."""
         dropped = 0
         n_ctx = self._local().n_ctx
-        tokens = self.prompt_tokens()
-        while len(tokens) + self.reply_budget() > n_ctx and len(self.turns) > 1:
+        tokens = self._prompt_within(n_ctx - self.reply_budget())
+        while tokens is None and len(self.turns) > 1:
             del self.turns[0]
             if self.turns and self.turns[0]["role"] == "assistant":
                 del self.turns[0]
             dropped += 1
-            tokens = self.prompt_tokens()
-        if len(tokens) >= n_ctx:
+            tokens = self._prompt_within(n_ctx - self.reply_budget())
+        if tokens is None:
+            tokens = self._prompt_within(n_ctx - 1)
+        if tokens is None:
             raise InputError(
-                f"the message needs {len(tokens)} tokens with the system prompt; "
+                f"the message needs more than {n_ctx - 1} tokens with the system prompt; "
                 f"the context holds {n_ctx} (use a larger --ctx)"
             )
         return tokens, dropped
@@ -156,12 +175,13 @@ class Conversation:
 
     def load(self, path: Path) -> None:
         """Replace the conversation with one from a JSON file (/save's format or a list of messages)."""
+        text = read_text(path, CONVERSATION_FILE_LIMIT, "a conversation")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise InputError(f"{path}: cannot read: {error.strerror}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            data = json.loads(text)
+        except json.JSONDecodeError:
             raise InputError(f"{path}: not a JSON conversation") from None
+        except RecursionError:
+            raise InputError(f"{path}: not a JSON conversation (nested too deeply)") from None
         system, turns = _parse_conversation(data, path)
         self.system_prompt = system
         self.turns = turns
@@ -176,10 +196,13 @@ def _parse_conversation(data: Any, path: Path) -> tuple[str | None, list[Message
         system, messages = None, data
     if not isinstance(messages, list) or (system is not None and not isinstance(system, str)):
         raise InputError(f'{path}: expected {{"system": ..., "messages": [...]}} or a list of messages')
+    if system is not None:
+        unicode_text(system, f"{path}: the system prompt")
     turns: list[Message] = []
     for number, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise InputError(f'{path}: message {number} needs a string "content"')
+        unicode_text(message["content"], f"{path}: message {number}")
         role = message.get("role")
         if role == "system":
             system = message["content"]

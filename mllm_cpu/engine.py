@@ -21,7 +21,7 @@ from mllm_cpu.hardware import physical_cores
 from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
-from mllm_cpu.prompt_format import Message, PromptFormat, PromptTooLong
+from mllm_cpu.prompt_format import Message, PromptFormat, PromptTooLong, special_tokens_not_utf8
 from mllm_cpu.sampling import TokenSampler
 from mllm_cpu.stop_text import StopTextFilter
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from mllm_cpu.drafting import CountingDraft, DraftStats
 
 DEFAULT_CONTEXT = 8192
+MAX_TRAINED_CONTEXT = 1 << 24
+"""The largest trained context (`{arch}.context_length`) a file may claim: llama-cpp-python allocates
+that many tokens for every tokenization, and llama.cpp's API reads it as a 32-bit signed number."""
 TokenFilter = Callable[[Sequence[int], Generator[int, None, None]], Generator[int, None, None]]
 FLASH_ATTENTION = False
 """chat, solve and serve run without llama.cpp's flash attention: on CPU it decodes at about half
@@ -115,6 +118,11 @@ class Generation:
 
 def context_length(model: ModelFile, n_ctx: int | None = None) -> int:
     """The context to run `model` with: `n_ctx`, or 8192 (or the model's trained length if shorter)."""
+    if model.n_ctx_train > MAX_TRAINED_CONTEXT:
+        raise InputError(
+            f"{model.path}: context_length {model.n_ctx_train:,} is more than {MAX_TRAINED_CONTEXT:,} tokens, "
+            "the most llama-cpp-python can run (a damaged file?)"
+        )
     if n_ctx is not None and n_ctx < 64:
         raise InputError(f"context length {n_ctx} is too small (at least 64)")
     if n_ctx is not None and n_ctx > model.n_ctx_train:
@@ -144,8 +152,8 @@ class Engine:
         import llama_cpp
 
         self.model: ModelFile = validate_model_file(Path(path))
-        prepare_load(self.model.path)
         self.n_ctx = context_length(self.model, n_ctx)
+        prepare_load(self.model.path)
         self.threads = threads or physical_cores()
         if self.threads < 1:
             raise InputError(f"threads must be at least 1, got {self.threads}")
@@ -167,6 +175,8 @@ class Engine:
                     logits_all=self.drafting is not None,
                     flash_attn=FLASH_ATTENTION,
                 )
+            except UnicodeDecodeError:
+                raise special_tokens_not_utf8(path) from None
             except ValueError:
                 raise InputError(f"llama.cpp could not load {path}: {last_error(log)}") from None
         if self.drafting is not None:
@@ -227,7 +237,7 @@ class Engine:
         whole prompt is evaluated afresh, so the output depends only on prompt, options and seed.
         """
         options = options or self.default_options()
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        tokens = self.prompt_format.tokenize(prompt, limit=self.n_ctx) if isinstance(prompt, str) else list(prompt)
         if len(tokens) >= self.n_ctx:
             raise PromptTooLong(f"the prompt has {len(tokens)} tokens; the context holds {self.n_ctx}")
         bad = [token for token in options.logit_bias if not 0 <= token < self.model.n_vocab]

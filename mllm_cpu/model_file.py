@@ -19,6 +19,7 @@ from mllm_cpu.convert.layout import ModelDims, match_layout
 from mllm_cpu.convert.repair import is_zero_expert_llama4, refuse_relabelled
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.prompt_format import check_chat_templates
 
 NOT_LANGUAGE_MODELS = frozenset(
     gguf.MODEL_ARCH_NAMES[a] for a in (gguf.MODEL_ARCH.MMPROJ, gguf.MODEL_ARCH.WAVTOKENIZER_DEC)
@@ -83,6 +84,7 @@ def validate_header(header: GGUFHeader) -> ModelFile:
         raise InputError(f"{path}: unknown architecture {arch!r}, not one the installed llama.cpp knows")
     if header.get(gguf_keys.TOKENIZER_MODEL) is None or not header.array_lengths.get(gguf_keys.TOKENS):
         raise InputError(f"{path}: the file has no tokenizer (tokenizer.ggml.model and tokens)")
+    check_chat_templates(header)
     if not header.tensors:
         raise InputError(f"{path}: the file has no tensors (a vocabulary-only file)")
     dims = ModelDims.from_header(header, complete=False)

@@ -177,13 +177,13 @@ class PromptFormat:
         return text
 
 
-def load_vocabulary(header: GGUFHeader) -> Any:
+def load_vocabulary(header: GGUFHeader, n_ctx: int = 512) -> Any:
     """A vocabulary-only `llama_cpp.Llama` of a validated file, for rendering and counting prompts."""
     import llama_cpp
 
     with captured_llama_log() as log:
         try:
-            return llama_cpp.Llama(str(header.path), vocab_only=True, verbose=False)
+            return llama_cpp.Llama(str(header.path), vocab_only=True, n_ctx=n_ctx, verbose=False)
         except UnicodeDecodeError:
             raise special_tokens_not_utf8(header.path) from None
         except ValueError:

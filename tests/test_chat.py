@@ -117,7 +117,7 @@ def test_load_accepts_a_list_of_messages(engine: Engine, tmp_path: Path) -> None
         ("/task java", "unknown task 'java'"),
         ("/task", "/task needs a name"),
         ("/save", "/save needs a file name"),
-        ("/load /nonexistent/x.json", "cannot read"),
+        ("/load /nonexistent/x.json", "no such file"),
         ("/frobnicate", "unknown command /frobnicate"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,15 +12,19 @@ from rich.markup import escape
 from mllm_cpu.budget import ThinkingBudget
 from mllm_cpu.commands.options import OPTIONS, Flags, with_options
 from mllm_cpu.console import err, out
-from mllm_cpu.conversation import Conversation, Reply, run_command
+from mllm_cpu.conversation import MESSAGE_LIMIT, Conversation, Reply, run_command
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.user_files import decode_utf8, limited_lines
 from mllm_cpu.engine import StopReason
+from mllm_cpu.prompt_format import unicode_text
 from mllm_cpu.store import store_home
 from mllm_cpu.stream_display import TerminalStream
 from mllm_cpu.tasks import get_preset
 
 HISTORY_FILE = "chat_history"
 PROMPT = ">>> "
+STDIN = Path("stdin")
+"""How errors name piped input (`stdin:3: not UTF-8 text ...`)."""
 
 
 @with_options(*(name for name in OPTIONS if name != "parallel"))
@@ -33,8 +38,11 @@ def chat(
 ) -> None:
     """Chat with the model. Type /help for commands; Ctrl-C stops a reply, Ctrl-D leaves.
 
-    With piped input, each line is a message (or a slash command); replies go to stdout.
+    With piped input, each line is a message (or a slash command); replies go to stdout. A line
+    that is not UTF-8 text, or longer than 1 MiB, ends the chat with an error (exit 2).
     """
+    if system is not None:
+        unicode_text(system, "--system")
     if system is not None and task is not None:
         raise InputError("--system and --task both set the system prompt; give one of them")
     system_prompt = get_preset(task).system_prompt if task is not None else system
@@ -87,8 +95,8 @@ def _model_label(conversation: Conversation) -> str:
 
 
 def _piped(conversation: Conversation) -> None:
-    for line in sys.stdin:
-        if _handle_line(conversation, line, interactive=False):
+    for number, data in limited_lines(sys.stdin.buffer, STDIN, MESSAGE_LIMIT, "one chat message"):
+        if _handle_line(conversation, decode_utf8(data, STDIN, number), interactive=False):
             return
 
 
@@ -99,7 +107,7 @@ def _handle_line(conversation: Conversation, line: str, *, interactive: bool) ->
         return False
     if text.startswith("/"):
         try:
-            result = run_command(conversation, text)
+            result = run_command(conversation, unicode_text(text, "the command"))
         except InputError as error:
             err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             return False
@@ -107,7 +115,7 @@ def _handle_line(conversation: Conversation, line: str, *, interactive: bool) ->
         return result.quit
     stream = TerminalStream(out)
     try:
-        reply = conversation.reply(line.rstrip("\n"), stream)
+        reply = conversation.reply(unicode_text(line.rstrip("\r\n"), "the message"), stream)
     except InputError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return False

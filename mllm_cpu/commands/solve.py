@@ -40,6 +40,7 @@ from mllm_cpu.engine import Engine, SamplingOptions, StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.live_progress import LiveProgress
 from mllm_cpu.problems import Problem, load_problems, read_problem, read_tests
+from mllm_cpu.prompt_format import unicode_text
 from mllm_cpu.sandbox import SandboxResult
 from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution
 from mllm_cpu.solver import solve as solve_problem
@@ -143,7 +144,7 @@ def solve(
         else:
             _solve_batches(job)
         return
-    text = problem if problem is not None else read_problem(file) if file is not None else ""
+    text = unicode_text(problem, "the PROBLEM argument") if problem is not None else read_problem(file) if file else ""
     if not text.strip():
         raise InputError("the problem is empty")
     preset = choose_task(task, text)
