@@ -53,6 +53,10 @@ CMAKE_FLAGS = (
     "-DGGML_CCACHE=OFF",
 )
 
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+"""Compiler flags that leave llama.cpp's AMX kernels out of a native build (`--no-amx`), as
+`mllm_cpu.kernels` leaves them out at load time where they fault."""
+
 
 def llama_cpp_python_version() -> str:
     """The installed llama-cpp-python version (its sdist carries the matching llama.cpp)."""
@@ -64,14 +68,14 @@ def cache_dir() -> Path:
     return store_home() / "tools" / f"llama.cpp-{llama_cpp_python_version()}"
 
 
-def build_dir(static: bool = False) -> Path:
-    """The cmake build folder of the shared (default) or the static build."""
-    return cache_dir() / ("build-static" if static else "build")
+def build_dir(static: bool = False, no_amx: bool = False) -> Path:
+    """The cmake build folder of the shared (default) or the static build, with or without AMX."""
+    return cache_dir() / ("build" + ("-static" if static else "") + ("-noamx" if no_amx else ""))
 
 
-def cached_binary(tool: str = "llama-bench", static: bool = False) -> Path:
+def cached_binary(tool: str = "llama-bench", static: bool = False, no_amx: bool = False) -> Path:
     """A cached llama.cpp tool executable, llama-bench by default (it may not exist yet)."""
-    return build_dir(static) / "bin" / tool
+    return build_dir(static, no_amx) / "bin" / tool
 
 
 def fetch_sources(workdir: Path) -> Path:
@@ -91,21 +95,30 @@ def fetch_sources(workdir: Path) -> Path:
     return source
 
 
-def build_llama_bench(source: Path | None = None, jobs: int | None = None, static: bool = False) -> Path:
+def build_llama_bench(
+    source: Path | None = None, jobs: int | None = None, static: bool = False, no_amx: bool = False
+) -> Path:
     """Configure and build llama-bench with cmake into the cache; returns the executable."""
-    return build_llama_tool("llama-bench", "llama-bench", source, jobs, static)
+    return build_llama_tool("llama-bench", "llama-bench", source, jobs, static, no_amx)
 
 
 def build_llama_tool(
-    target: str, folder: str, source: Path | None = None, jobs: int | None = None, static: bool = False
+    target: str,
+    folder: str,
+    source: Path | None = None,
+    jobs: int | None = None,
+    static: bool = False,
+    no_amx: bool = False,
 ) -> Path:
     """Build one llama.cpp tool (cmake `target`, sources in tools/`folder`) into the cache,
-    with shared libraries as llama-cpp-python, or `static`ally linked."""
+    with shared libraries as llama-cpp-python, or `static`ally linked; `no_amx` compiles AMX out."""
     if shutil.which("cmake") is None:
         raise InputError(f"building {target} needs cmake (and a C/C++ compiler)")
-    build = build_dir(static)
+    build = build_dir(static, no_amx)
     flags = [f for f in CMAKE_FLAGS if not f.startswith("-DBUILD_SHARED_LIBS=")]
     flags.append(f"-DBUILD_SHARED_LIBS={'OFF' if static else 'ON'}")
+    if no_amx:
+        flags += [f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}"]
     with tempfile.TemporaryDirectory(prefix="llama-cpp-src-") as workdir:
         tree = Path(source) if source is not None else fetch_sources(Path(workdir))
         if not (tree / "tools" / folder).is_dir():
@@ -116,7 +129,7 @@ def build_llama_tool(
             ["cmake", "--build", str(build), "--target", target, "-j", str(jobs or os.cpu_count() or 1)],
             check=True,
         )
-    return cached_binary(target, static)
+    return cached_binary(target, static, no_amx)
 
 
 @dataclass
@@ -291,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-bench", type=Path, help="use this llama-bench executable")
     parser.add_argument("--build", action="store_true", help="build llama-bench with cmake (cached)")
     parser.add_argument("--static", action="store_true", help="use (or --build) a statically linked llama-bench")
+    parser.add_argument(
+        "--no-amx", action="store_true", help="use (or --build) llama-bench compiled without AMX (-mno-amx-*)"
+    )
     parser.add_argument("--cli", action="store_true", help="measure ours with the `mllm-cpu bench` command")
     parser.add_argument("--source", type=Path, help="llama.cpp source tree for --build (default: the sdist)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -299,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.threads, args.n_prompt, args.n_gen, args.repetitions, args.rounds) < 1:
             raise InputError("threads, -p, -n, repetitions and rounds must be at least 1")
         flash_attn = parse_flash_attn(args.flash_attn)
-        binary = args.llama_bench or cached_binary(static=args.static)
+        binary = args.llama_bench or cached_binary(static=args.static, no_amx=args.no_amx)
         if args.build and args.llama_bench is None:
-            binary = build_llama_bench(args.source, static=args.static)
+            binary = build_llama_bench(args.source, static=args.static, no_amx=args.no_amx)
         if not binary.is_file():
             raise InputError(f"no llama-bench at {binary}; run with --build (or give --llama-bench PATH)")
         comparison = compare(

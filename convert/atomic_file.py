@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mllm_cpu.core.errors import InputError, naming_path
+from mllm_cpu.core.user_files import kind_of
 
 _PARTIAL_SUFFIX = ".partial"
 
@@ -72,11 +73,40 @@ def remove_stale_partials(folder: Path, pattern: str = "*.gguf.partial") -> list
     return removed
 
 
+def check_file_name(name: str, option: str) -> None:
+    """A name that becomes (part of) a file name: refuse anything that is not a plain name, in one line."""
+    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\") or not name.isprintable():
+        raise InputError(f"{option} {name!r}: give a plain name (no '/', '\\', leading '.' or control characters)")
+
+
+def check_path_text(path: Path, what: str) -> None:
+    """Refuse a path with control characters (a newline would split every message that names it)."""
+    if not str(path).isprintable():
+        raise InputError(f"{what} {str(path)!r}: the path has control characters")
+
+
+@contextmanager
+def output_folder(folder: Path) -> Iterator[Path]:
+    """`ensure_writable_folder` for the block; on any exception the folders it created are removed if still empty."""
+    folder = Path(folder)
+    created = [f for f in (folder, *folder.parents) if not f.exists()]
+    ensure_writable_folder(folder)
+    try:
+        yield folder
+    except BaseException:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def ensure_writable_folder(folder: Path) -> None:
     """Create `folder` if needed and check a file can be created in it (one InputError line if not)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: not a folder (it is a file)")
+        raise InputError(f"{folder}: not a folder (it is {kind_of(folder.stat().st_mode)})")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -2,12 +2,17 @@
 
 llama.cpp can abort the whole process on a malformed file, so everything it would
 trust (magic, version, value types, tensor types, shapes and data ranges) is checked
-here first. Large string arrays (the vocabulary) are skipped unless asked for.
+here first, and so are the counts and ids in the metadata that must agree with what the
+file holds (the number of blocks, the special token ids), before anything is sized by
+them. Large string arrays (the vocabulary) are skipped unless asked for; numeric arrays
+longer than `MAX_LISTED_ITEMS` stay numpy arrays (as large as their bytes in the file).
 """
 
 from __future__ import annotations
 
+import math
 import mmap
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +21,28 @@ from typing import Any
 import gguf
 import numpy as np
 
+from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 
 GGUF_MAGIC = b"GGUF"
+MAX_LISTED_ITEMS = 1 << 20
+"""Numeric arrays up to this length become Python lists (per-layer values, token types and
+scores of a vocabulary); a longer one stays a numpy array, so memory is bounded by the file."""
+SPECIAL_TOKEN_KEYS = tuple(key for name, key in vars(gguf.Keys.Tokenizer).items() if name.endswith("_ID"))
+"""Every `tokenizer.ggml.*_token_id` key (bos, eos, eot, eom, unk, sep, pad, mask, fim ...)."""
+_BLOCK_INDEX = re.compile(r"(?:^|\.)blk\.(\d+)\.")
+"""The block number N in a tensor name `blk.N.*` (also `enc.blk.N.*`, `dec.blk.N.*`)."""
+_ARCHITECTURES = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
+EXPERT_TENSOR_KINDS = (
+    gguf.MODEL_TENSOR.FFN_GATE_EXP,
+    gguf.MODEL_TENSOR.FFN_UP_EXP,
+    gguf.MODEL_TENSOR.FFN_DOWN_EXP,
+    gguf.MODEL_TENSOR.FFN_GATE_UP_EXP,
+)
+"""The tensors that hold one matrix per expert; their last ggml dimension counts the experts."""
+_EXPERT_TENSOR = re.compile(
+    "|".join(re.escape(gguf.TENSOR_NAMES[kind]).replace(r"\{bid\}", r"\d+") + r"\." for kind in EXPERT_TENSOR_KINDS)
+)
 _SCALARS = {
     gguf.GGUFValueType.UINT8: "<B",
     gguf.GGUFValueType.INT8: "<b",
@@ -86,6 +110,10 @@ class GGUFHeader:
         """general.architecture, or "unknown"."""
         return str(self.metadata.get(gguf.Keys.General.ARCHITECTURE, "unknown"))
 
+    def expert_tensors(self) -> list[TensorEntry]:
+        """The tensors of mixture-of-experts layers (blk.N.ffn_{gate,up,down}_exps ...)."""
+        return [t for t in self.tensors if _EXPERT_TENSOR.match(t.name)]
+
 
 class _Cursor:
     def __init__(self, buffer: Any, path: Path) -> None:
@@ -151,7 +179,57 @@ def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
         end = data_start + tensor.offset + tensor.n_bytes
         if end > size:
             raise InputError(f"{path}: truncated: tensor {tensor.name} ends at byte {end}, the file has {size}")
-    return GGUFHeader(path, version, metadata, tensors, lengths, size, spans, data_start)
+    header = GGUFHeader(path, version, metadata, tensors, lengths, size, spans, data_start)
+    _check_block_count(header)
+    _check_special_tokens(header)
+    return header
+
+
+def _check_block_count(header: GGUFHeader) -> None:
+    """InputError unless `{arch}.block_count` blocks are exactly the blocks blk.0 ... the file holds.
+
+    llama.cpp and the layout sizes per-layer tables by the count; a count that the tensors
+    do not bear out is refused before anything is built from it. Checked for architectures
+    whose tensors are named by block (all of llama.cpp's language models), when the file has
+    tensors and the key.
+    """
+    arch = header.architecture
+    key = gguf_keys.arch_key(gguf.Keys.LLM.BLOCK_COUNT, arch)
+    if key not in header.metadata or not header.tensors or not _has_block_tensors(arch):
+        return
+    count = header.hyperparameter(key)
+    blocks = max(count, header.hyperparameter(gguf_keys.arch_key(gguf.Keys.LLM.DECODER_BLOCK_COUNT, arch), 0))
+    found = sorted({int(match.group(1)) for t in header.tensors if (match := _BLOCK_INDEX.search(t.name))})
+    if found == list(range(blocks)):
+        return
+    if not found:
+        held = "no block tensors (blk.N)"
+    elif found == list(range(len(found))):
+        held = f"the tensors of {len(found)} blocks (blk.0 to blk.{found[-1]})"
+    else:
+        held = f"block tensors numbered {found[0]} to {found[-1]} with gaps ({len(found)} blocks)"
+    raise InputError(f"{header.path}: {key} is {count}, but the file holds {held}")
+
+
+def _has_block_tensors(arch: str) -> bool:
+    """True when gguf-py names `arch`'s tensors by block (blk.{bid}.*)."""
+    kind = _ARCHITECTURES.get(arch)
+    return kind is not None and any("blk.{bid}" in gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS.get(kind, ()))
+
+
+def _check_special_tokens(header: GGUFHeader) -> None:
+    """InputError for a special token id (bos, eos, pad ...) that is not a token of the vocabulary."""
+    n_vocab = header.array_lengths.get(gguf_keys.TOKENS)
+    if n_vocab is None:
+        return  # no vocabulary: validation refuses the file as having no tokenizer
+    for key in SPECIAL_TOKEN_KEYS:
+        value = header.metadata.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{header.path}: {key} is a {type(value).__name__}, not a token id")
+        if not 0 <= value < n_vocab:
+            raise InputError(f"{header.path}: {key} is {value}, outside the vocabulary of {n_vocab} tokens")
 
 
 def _value_type(raw: int, path: Path, key: str) -> gguf.GGUFValueType:
@@ -170,11 +248,18 @@ def _read_value(
         return cursor.scalar(_SCALARS[value_type])
     item_type = _value_type(cursor.scalar("<I"), cursor.path, key)
     count = cursor.scalar("<Q")
+    item_bytes = _NUMPY[item_type].itemsize if item_type in _NUMPY else 8  # a string or an array starts with 8 bytes
+    if count > (len(cursor.buffer) - cursor.pos) // item_bytes:
+        raise InputError(
+            f"{cursor.path}: corrupt GGUF metadata (key {key!r} claims {count} items, "
+            "more than the rest of the file holds)"
+        )
     lengths[key] = count
     if item_type in _NUMPY:
         dtype = _NUMPY[item_type]
         start = cursor.take(count * dtype.itemsize)
-        return np.frombuffer(cursor.buffer, dtype=dtype, count=count, offset=start).tolist()
+        values = np.frombuffer(cursor.buffer, dtype=dtype, count=count, offset=start)
+        return values.tolist() if count <= MAX_LISTED_ITEMS else values.copy()
     if item_type == gguf.GGUFValueType.STRING:
         if key in _BIG_ARRAY_KEYS and not keep_vocabulary:
             for _ in range(count):
@@ -199,7 +284,7 @@ def _read_tensor_table(cursor: _Cursor, count: int, path: Path) -> list[TensorEn
             block, type_size = gguf.GGML_QUANT_SIZES[tensor_type]
         except (ValueError, KeyError):
             raise InputError(f"{path}: tensor {name} has unknown type {raw_type}") from None
-        n_elements = int(np.prod(shape, dtype=np.int64))
+        n_elements = math.prod(shape)  # Python integers: a hostile shape cannot wrap around
         if shape[0] % block:
             raise InputError(f"{path}: tensor {name} row of {shape[0]} is not a multiple of its block {block}")
         tensors.append(TensorEntry(name, shape, tensor_type, offset, n_elements, n_elements // block * type_size))

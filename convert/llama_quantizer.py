@@ -24,6 +24,7 @@ from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from .quant_types import QuantLevel
 
 _PR_SET_PDEATHSIG = 1
+_PROBE_BYTES = 1 << 16
 
 
 def quantize_with_llama_cpp(
@@ -59,8 +60,37 @@ def quantize_with_llama_cpp(
         child.wait()
         raise
     if child.returncode != 0:
+        write_error = _write_error(target)
+        if write_error is not None:
+            raise write_error  # named by the caller's naming_path: "OUT.gguf: No space left on device"
+        if child.returncode < 0:
+            raise InputError(
+                f"llama.cpp's quantizer ended by {_signal_name(-child.returncode)} while writing {level.label}"
+            )
         lines = [log.decode("utf-8", errors="replace")]
         raise InputError(f"llama.cpp could not quantize to {level.label}: {last_error(lines)}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _write_error(path: Path) -> OSError | None:
+    """The error writing to `path` gives now (a full disk, a file-size limit), or None if writing works.
+
+    llama.cpp's quantizer reports a failed write only as "basic_ios::clear: iostream error";
+    appending a block to the partial file it left (removed afterwards) shows the real cause.
+    """
+    try:
+        with path.open("ab", buffering=0) as handle:
+            handle.write(bytes(_PROBE_BYTES))
+            os.fsync(handle.fileno())
+    except OSError as error:
+        return OSError(error.errno, error.strerror)
+    return None
 
 
 def child_main(arguments: list[str]) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mllm_cpu.core.errors import InputError
+
+from .checkpoint_files import CONFIG, integer, plain, read_json_object, shown, wrong_type
 
 SUPPORTED_HF_CLASSES = ("Llama4ForCausalLM",)
 """Hugging Face model classes (config.json `architectures`) the converter reads."""
@@ -75,38 +78,43 @@ class ModelSpec:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """Load config.json of a checkpoint folder."""
-    path = folder / "config.json"
+    """Load config.json of a checkpoint folder (a regular file of at most FILE_LIMITS[CONFIG] bytes)."""
+    path = folder / CONFIG
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder (expected a Hugging Face checkpoint folder)")
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{folder}: config.json is missing (expected a Hugging Face checkpoint folder)")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: not a JSON object")
-    return config
+    return read_json_object(path)
 
 
 def spec_from_config(config: dict[str, Any], where: str = "config.json") -> ModelSpec:
-    """Validate a config.json dict and return the model's spec."""
-    architectures = config.get("architectures") or [config.get("model_type", "unknown")]
-    architecture = architectures[0]
+    """Validate a config.json dict and return the model's spec.
+
+    Every value is checked for its type, and every dimension against DIMENSION_LIMITS, so
+    nothing is sized by a value before it is known to be sane.
+    """
+    architectures = config.get("architectures")
+    if architectures is not None and not (
+        isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+    ):
+        raise wrong_type(where, "architectures", "a list of class names", architectures)
+    architecture = (architectures or [config.get("model_type", "unknown")])[0]
     if architecture not in SUPPORTED_HF_CLASSES:
         raise InputError(
-            f"{where}: unsupported architecture {architecture}; supported: "
+            f"{where}: unsupported architecture {plain(architecture)}; supported: "
             f"{', '.join(SUPPORTED_HF_CLASSES)} (MobileLLM-R1 140M/360M/950M)"
         )
     text = config.get("text_config", config)
+    if not isinstance(text, dict):
+        raise wrong_type(where, "text_config", "an object", text)
     if text.get("num_local_experts", 0) or text.get("moe_layers") or text.get("interleave_moe_layer_step", 0):
         raise InputError(
             f"{where}: this Llama4 checkpoint has experts (MoE); only dense MobileLLM-R1 models are supported"
         )
     n_head = _positive(text, "num_attention_heads", where)
     n_embd = _positive(text, "hidden_size", where)
-    rope_theta = text.get("rope_theta") or (text.get("rope_parameters") or {}).get("rope_theta")
+    rope_parameters = _object(text, "rope_parameters", where)
+    tied = config.get("tie_word_embeddings", text.get("tie_word_embeddings"))
     spec = ModelSpec(
         n_layer=_positive(text, "num_hidden_layers", where),
         n_embd=n_embd,
@@ -118,17 +126,36 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
         head_dim=_positive(text, "head_dim", where, n_embd // n_head),
         n_vocab=_positive(text, "vocab_size", where),
         n_ctx=_positive(text, "max_position_embeddings", where, 4096),
-        rope_theta=_positive(text, "rope_theta", where, rope_theta, kind=float),
+        rope_theta=_positive(text, "rope_theta", where, rope_parameters.get("rope_theta"), kind=float),
         rms_norm_eps=_positive(text, "rms_norm_eps", where, 1e-5, kind=float),
-        tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
+        tied_embeddings=_flag("tie_word_embeddings", tied, where, default=True),
         architecture=architecture,
     )
     _check_supported_numerics(text, spec, where)
     return spec
 
 
+DIMENSION_LIMITS: dict[str, int] = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 20,
+    "intermediate_size_mlp": 1 << 20,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 1024,
+    "vocab_size": 1 << 18,
+    "max_position_embeddings": 1 << 24,
+}
+"""The largest value taken for each config.json dimension: far above MobileLLM-R1's (the 950M
+has 22 layers, width 1536, 128256 tokens, a 32768-token context), low enough that nothing
+sized by them (the tensor list, the token table) can exhaust memory."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""GGUF stores rope_theta and rms_norm_eps as 32-bit floats."""
+
+
 def _positive(text: dict[str, Any], key: str, where: str, default: Any = None, kind: type = int) -> Any:
-    """`text[key]` (or `default` when absent or null) as a positive int or finite float.
+    """`text[key]` (or `default` when absent or null) as a positive int (at most its DIMENSION_LIMITS
+    entry) or a positive float that fits 32 bits.
 
     Anything else is one InputError that names the key and the value.
     """
@@ -139,8 +166,30 @@ def _positive(text: dict[str, Any], key: str, where: str, default: Any = None, k
     number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not number or value <= 0 or (kind is int and value != int(value)):
         wanted = "a positive integer" if kind is int else "a positive number"
-        raise InputError(f"{where}: {key} must be {wanted}, got {json.dumps(value)}")
+        raise wrong_type(where, key, wanted, value)
+    limit = DIMENSION_LIMITS[key] if kind is int else FLOAT32_MAX
+    if value > limit:
+        raise InputError(f"{where}: {key} must be at most {limit:g}, got {shown(value)}")
     return kind(value)
+
+
+def _object(text: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """`text[key]` as an object ({} when absent or null)."""
+    value = text.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise wrong_type(where, key, "an object", value)
+    return value
+
+
+def _flag(key: str, value: Any, where: str, default: bool) -> bool:
+    """A true/false value (0 and 1 too); `default` when absent or null."""
+    if value is None:
+        return default
+    if value not in (True, False) or not isinstance(value, (bool, int)):
+        raise wrong_type(where, key, "true or false", value)
+    return bool(value)
 
 
 def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str) -> None:
@@ -148,20 +197,31 @@ def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str)
         raise InputError(f"{where}: {spec.n_head} attention heads is not a multiple of {spec.n_head_kv} KV heads")
     if spec.head_dim % 2:
         raise InputError(f"{where}: head_dim {spec.head_dim} must be even for RoPE")
-    if not text.get("use_qk_norm", True):
+    if not _flag("use_qk_norm", text.get("use_qk_norm"), where, default=True):
         raise InputError(f"{where}: use_qk_norm false is not supported (MobileLLM-R1 uses it)")
     no_rope = text.get("no_rope_layers")
-    if no_rope and not all(int(v) == 1 for v in no_rope):
+    if no_rope is not None and not (isinstance(no_rope, list) and all(v in (0, 1) and integer(v) for v in no_rope)):
+        raise wrong_type(where, "no_rope_layers", "a list of 0 or 1 per layer", no_rope)
+    if no_rope and not all(v == 1 for v in no_rope):
         raise InputError(f"{where}: layers without RoPE are not supported (MobileLLM-R1 uses RoPE on every layer)")
-    if text.get("attn_temperature_tuning"):
+    if _flag("attn_temperature_tuning", text.get("attn_temperature_tuning"), where, default=False):
         raise InputError(f"{where}: attn_temperature_tuning is not supported")
-    for rope in (text.get("rope_scaling"), text.get("rope_parameters")):
-        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise InputError(f"{where}: RoPE scaling ({rope.get('rope_type', rope.get('type'))}) is not supported")
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = _object(text, key, where)
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if rope and kind != "default":
+            raise InputError(f"{where}: RoPE scaling ({plain(kind)}) is not supported")
     chunk = text.get("attention_chunk_size")
-    if chunk and int(chunk) < spec.n_ctx:
+    if chunk is not None and not (integer(chunk) and chunk > 0):
+        raise wrong_type(where, "attention_chunk_size", "a positive integer", chunk)
+    if chunk and chunk < spec.n_ctx:
         raise InputError(f"{where}: chunked attention ({chunk} < context {spec.n_ctx}) is not supported")
     # chunked attention with chunks at least as long as the context is full attention
-    other = sorted(set(text.get("layer_types") or []) - {"full_attention", "chunked_attention"})
+    layer_types = text.get("layer_types")
+    if layer_types is not None and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
+        raise wrong_type(where, "layer_types", "a list of attention types", layer_types)
+    other = sorted(set(layer_types or []) - {"full_attention", "chunked_attention"})
     if other:
-        raise InputError(f"{where}: attention layer type {', '.join(other)} is not supported (only full attention)")
+        raise InputError(
+            f"{where}: attention layer type {', '.join(map(plain, other))} is not supported (only full attention)"
+        )

@@ -11,7 +11,16 @@ import gguf
 from mllm_cpu.core.errors import InputError, naming_path
 from mllm_cpu.core.origin import Origin
 
-from .atomic_file import atomic_output, ensure_writable_folder, locked_partial, partial_path, remove_stale_partials
+from .atomic_file import (
+    atomic_output,
+    check_file_name,
+    locked_partial,
+    output_folder,
+    partial_path,
+    remove_stale_partials,
+)
+from .checkpoint_files import CONFIG, GENERATION_CONFIG, read_json_object
+from .checkpoint_metadata import checkpoint_metadata
 from .gguf_file import write_gguf
 from .gguf_summary import GGUFSummary, read_summary
 from .llama_quantizer import quantize_with_llama_cpp
@@ -81,12 +90,14 @@ def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
     """Read and validate config, weights and tokenizer, without writing anything."""
     folder = Path(folder)
     if name is not None:
-        _check_name(name)
-    spec = spec_from_config(read_config(folder), str(folder / "config.json"))
+        check_file_name(name, "--name")
+    config = read_config(folder)
+    spec = spec_from_config(config, str(folder / CONFIG))
     stored = CheckpointTensors(folder)
     tensors = plan_tensors(spec, stored)
-    tokenizer = read_tokenizer(folder, spec.n_vocab)
-    metadata = gguf.Metadata.load(None, folder.resolve(), name, spec.parameter_count)
+    generation = read_json_object(folder / GENERATION_CONFIG, required=False)
+    tokenizer = read_tokenizer(folder, spec.n_vocab, generation)
+    metadata = checkpoint_metadata(folder, config, generation, name, spec.parameter_count)
     if name:
         metadata.basename, metadata.size_label, metadata.finetune, metadata.version = name, None, None, None
     metadata.name = metadata.name or folder.resolve().name
@@ -94,20 +105,28 @@ def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
         metadata.basename = folder.resolve().name
         metadata.size_label = metadata.size_label or gguf.size_label(spec.parameter_count, 0, 0, 0)
     origin = Origin("converted", folder.resolve().name)
-    return LoadedCheckpoint(folder, spec, tokenizer, tensors, stored.storage_dtype(), metadata, origin)
+    checkpoint = LoadedCheckpoint(folder, spec, tokenizer, tensors, stored.storage_dtype(), metadata, origin)
+    _check_file_stem(checkpoint)
+    return checkpoint
 
 
-def _check_name(name: str) -> None:
-    """A model name goes into file names: refuse anything that is not a plain name."""
-    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\") or not name.isprintable():
-        raise InputError(f"--name {name!r}: give a plain name (no '/', '\\', leading '.' or control characters)")
+def _file_stem(checkpoint: LoadedCheckpoint, label: str) -> str:
+    meta = checkpoint.metadata
+    return str(gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, label))
+
+
+def _check_file_stem(checkpoint: LoadedCheckpoint) -> None:
+    """The output names come from the model card, config.json or the folder: they must make a plain file name."""
+    stem = _file_stem(checkpoint, "F16")
+    if not stem.isprintable() or any(c in stem for c in "/\\") or stem.startswith("."):
+        raise InputError(
+            f"{checkpoint.folder}: the model's name parts make the file name {stem!r}, not a plain name; give --name"
+        )
 
 
 def output_path(checkpoint: LoadedCheckpoint, level: QuantLevel, outdir: Path) -> Path:
     """The file name by llama.cpp's GGUF naming convention, e.g. MobileLLM-R1-950M-Q4_K_M.gguf."""
-    meta = checkpoint.metadata
-    stem = gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, level.label)
-    return outdir / f"{stem}.gguf"
+    return outdir / f"{_file_stem(checkpoint, level.label)}.gguf"
 
 
 def convert_checkpoint(
@@ -133,8 +152,19 @@ def convert_checkpoint(
     if origin is not None:
         checkpoint.origin = origin
     outdir = Path(outdir) if outdir is not None else Path(folder)
-    progress = progress or SilentProgress()
-    ensure_writable_folder(outdir)
+    with output_folder(outdir):
+        return _convert(checkpoint, levels, outdir, force, embedding_type, threads, progress or SilentProgress())
+
+
+def _convert(
+    checkpoint: LoadedCheckpoint,
+    levels: list[QuantLevel],
+    outdir: Path,
+    force: bool,
+    embedding_type: gguf.GGMLQuantizationType | None,
+    threads: int | None,
+    progress: ConvertProgress,
+) -> list[ConvertedFile]:
     for stale in remove_stale_partials(outdir):
         progress.message(f"removed {stale.name}, left by an interrupted conversion")
     targets = {level.name: output_path(checkpoint, level, outdir) for level in levels}

@@ -1,6 +1,7 @@
 """Repair the MobileLLM-R1 GGUFs that llama.cpp's own converter writes (see docs/DESIGN.md, "Repair").
 
-Those files say `llama4` with zero experts, which llama.cpp refuses to load. Their tensors
+Those files say `llama4` with zero experts, which llama.cpp refuses to load (and the same
+file with `expert_count` set to 1 by hand, which llama.cpp aborts on). Their tensors
 are the checkpoint's own under the names and shapes of our qwen3 layout, with the q/k rows
 of each head in interleaved-RoPE order and no q/k norm. A repair reorders those rows on the
 raw tensor bytes (a row is a whole number of quant blocks in every ggml type, so F16, Q8_0
@@ -43,15 +44,27 @@ _RELABELLED_EXPLANATION = (
 )
 
 
-def is_zero_expert_llama4(header: GGUFHeader) -> bool:
-    """True for llama.cpp's own MobileLLM-R1 conversion (llama4, no experts)."""
-    expert_count = gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, BROKEN_ARCHITECTURE)
-    return header.architecture == BROKEN_ARCHITECTURE and not header.get(expert_count)
+def llama4_expert_count(header: GGUFHeader) -> int | None:
+    """For a dense llama4 file (a MobileLLM-R1 conversion), its `expert_count`: 0, or 1; None for any other file.
+
+    0 (or no key) is llama.cpp's own conversion, which llama.cpp refuses; 1 with no expert tensors is that
+    conversion relabelled by hand to pass the refusal, on which llama.cpp aborts
+    (`GGML_ASSERT(f_attn_temp_scale != 0.0f)`, a dense llama4 graph without temperature tuning). Both
+    hold the same dense tensors and are repaired alike.
+    """
+    if header.architecture != BROKEN_ARCHITECTURE:
+        return None
+    count = header.get(gguf_keys.arch_key(gguf.Keys.LLM.EXPERT_COUNT, BROKEN_ARCHITECTURE))
+    if not count:
+        return 0
+    if count == 1 and not header.expert_tensors():
+        return 1
+    return None
 
 
 def needs_repair(path: Path) -> bool:
-    """True for a llama4 zero-expert MobileLLM-R1 file (`repair_gguf` turns it into qwen3)."""
-    return is_zero_expert_llama4(read_gguf_header(Path(path)))
+    """True for a dense llama4 MobileLLM-R1 file (`repair_gguf` turns it into qwen3)."""
+    return llama4_expert_count(read_gguf_header(Path(path))) is not None
 
 
 def refuse_relabelled(header: GGUFHeader) -> None:
@@ -91,7 +104,7 @@ def repair_gguf(
     origin: str = "repaired",
     origin_source: str | None = None,
 ) -> None:
-    """Write the qwen3-layout repair of a llama4 zero-expert MobileLLM-R1 GGUF to `target`.
+    """Write the qwen3-layout repair of a dense llama4 MobileLLM-R1 GGUF (zero or one expert) to `target`.
 
     The output is written under a temporary name, checked, and renamed; `origin` and
     `origin_source` (default: the source file name) are recorded with the source file name.
@@ -99,9 +112,10 @@ def repair_gguf(
     source, target = Path(source), Path(target)
     header = read_gguf_header(source)
     refuse_relabelled(header)
-    if not is_zero_expert_llama4(header):
+    if llama4_expert_count(header) is None:
         raise InputError(
-            f"{source}: architecture {header.architecture}, not a llama4 zero-expert file; nothing to repair"
+            f"{source}: architecture {header.architecture}, not a dense llama4 file (zero or one expert); "
+            "nothing to repair"
         )
     dims = ModelDims.from_header(header)
     tensors = _plan(header, dims)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.errors import InputError, naming_path
 
 from .layout import hf_tensor_shapes
 from .model_spec import ModelSpec
@@ -66,15 +66,16 @@ def write_synthetic_checkpoint(size: str, parent: Path, seed: int = 0, force: bo
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        config = spec.to_config(bos_token_id=BOS_ID, eos_token_id=[EOS_ID, EOM_ID, EOT_ID], pad_token_id=None)
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        (staging / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}, indent=2)
-        )
-        write_llama3_shaped_tokenizer(staging)
-        _write_random_weights(spec, staging / "model.safetensors", seed)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        with naming_path(folder):  # a full disk names the checkpoint being written
+            config = spec.to_config(bos_token_id=BOS_ID, eos_token_id=[EOS_ID, EOM_ID, EOT_ID], pad_token_id=None)
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            (staging / "generation_config.json").write_text(
+                json.dumps({"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}, indent=2)
+            )
+            write_llama3_shaped_tokenizer(staging)
+            _write_random_weights(spec, staging / "model.safetensors", seed)
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -7,6 +7,7 @@ permuted inside each head from (0, 1, ..., d-1) to (0, 2, 4, ..., 1, 3, 5, ...).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from mllm_cpu.core.errors import InputError
 from .layout import TIED_OUTPUT_HF_NAME, MappedTensor, tensor_layout
 from .model_spec import ModelSpec
 from .safetensors_reader import CheckpointTensors
+
+_LAYER_NAME = re.compile(r"model\.layers\.(\d{1,9})\.")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ def interleaved_to_half_split(head_dim: int) -> np.ndarray:
 
 def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTensor]:
     """The ordered tensor list of the GGUF file, with shapes checked against the spec."""
+    _check_layer_count(spec, tensors)
     layout = tensor_layout(spec, tied=spec.tied_embeddings)
     _reject_unexpected(spec, tensors, {t.hf_name for t in layout if t.hf_name is not None})
     return [
@@ -58,6 +62,15 @@ def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTen
         else _from_checkpoint(tensors, mapped, mapped.hf_name, spec.head_dim)
         for mapped in layout
     ]
+
+
+def _check_layer_count(spec: ModelSpec, tensors: CheckpointTensors) -> None:
+    """config.json's layer count against the layers the checkpoint holds, before a tensor list is built for it."""
+    stored = {int(match[1]) for name in tensors.tensors if (match := _LAYER_NAME.match(name))}
+    if spec.n_layer > len(stored):
+        raise InputError(
+            f"{tensors.folder}: config.json gives num_hidden_layers {spec.n_layer}, the checkpoint holds {len(stored)}"
+        )
 
 
 def _from_checkpoint(tensors: CheckpointTensors, mapped: MappedTensor, source: str, head_dim: int) -> PlannedTensor:

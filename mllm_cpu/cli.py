@@ -109,6 +109,13 @@ class LazyCommands(TyperGroup):
             self.commands[args[0]] = load_command(args[0])
         return super().resolve_command(ctx, args)
 
+    def invoke(self, ctx: click.Context) -> object:
+        """typer turns every KeyboardInterrupt into exit 130; SIGTERM (Terminated) keeps its own code."""
+        try:
+            return super().invoke(ctx)
+        except Terminated:
+            raise typer.Exit(EXIT_TERMINATED) from None
+
 
 app = typer.Typer(
     cls=LazyCommands, add_completion=False, help="Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp."
@@ -159,6 +166,6 @@ def main() -> None:
         context = getattr(error, "ctx", None)
         where = f" (see `{context.command_path} --help`)" if context is not None else ""
         _fail(f"{error.format_message()}{where}", getattr(error, "exit_code", EXIT_INPUT) or EXIT_INPUT)
-    if code == EXIT_INTERRUPTED:
-        err.print("interrupted")
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        err.print("interrupted" if code == EXIT_INTERRUPTED else "terminated")
     sys.exit(code if isinstance(code, int) else 0)

@@ -116,6 +116,18 @@ def convert_columns(*, downloads: bool = False) -> tuple[ProgressColumn, ...]:
     return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn())
 
 
+def terminal_safe(text: object) -> str:
+    """`text` (from a file's metadata, a file name, a server) fit for one line of a terminal.
+
+    Every character Python does not call printable (escape sequences, other control
+    characters, newlines, bidirectional overrides) is shown as its escape, e.g. `\\x1b`.
+    """
+    shown = str(text)
+    if shown.isprintable():
+        return shown
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+
+
 def print_json(data: Any) -> None:
     """Print machine-readable JSON on stdout (no colour, no wrapping)."""
     print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
@@ -137,9 +149,11 @@ def table(
 ) -> Table:
     """A rich table; numeric-looking columns (and the columns named in `right`) are right-aligned.
 
-    Print it with `print_table`, which keeps rows whole when stdout is not a terminal.
+    Print it with `print_table`, which keeps rows whole when stdout is not a terminal. The title
+    and cells are shown through `terminal_safe` (they often hold names read from files).
     """
-    cells = [[str(cell) for cell in row] for row in rows]
+    cells = [[terminal_safe(cell) for cell in row] for row in rows]
+    title = None if title is None else terminal_safe(title)
     result = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for index, column in enumerate(columns):
         values = [row[index] for row in cells if index < len(row) and row[index] not in _NO_VALUE]

@@ -152,6 +152,8 @@ class Engine:
         import llama_cpp
 
         self.model: ModelFile = validate_model_file(Path(path))
+        if draft is not None:
+            validate_model_file(Path(draft))  # a bad draft is refused before the target's first load
         self.n_ctx = context_length(self.model, n_ctx)
         prepare_load(self.model.path)
         self.threads = threads or physical_cores()

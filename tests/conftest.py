@@ -10,12 +10,26 @@ from checkpoints import TINY, build_checkpoint
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
+from mllm_cpu.kernels import prepare_kernels
 
 
 @pytest.fixture(scope="session")
 def probe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of llama.cpp probe verdicts (AMX, first loads) for the session, as a user's machine keeps one."""
     return tmp_path_factory.mktemp("mllm_cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_choice(probe_cache: Path) -> None:
+    """The kernel choice every command makes (`mllm_cpu.kernels`), made before any test loads a model.
+
+    Tests that load files with llama_cpp directly would otherwise meet llama.cpp's AMX fault on a
+    machine where it faults, depending on which test ran first.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLLM_CPU_CACHE", str(probe_cache))
+        patch.delenv("MLLM_CPU_AMX", raising=False)
+        prepare_kernels()
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
-"""`mllm-cpu convert` when things go wrong: Ctrl-C in llama.cpp's quantizer, a killed run,
-a read-only or full disk, bad names and bad config values. Real processes and signals."""
+"""`mllm-cpu convert` when things go wrong: Ctrl-C or SIGTERM in llama.cpp's quantizer, a killed
+run, a read-only or full disk, bad names and bad config values. Real processes and signals."""
 
 from __future__ import annotations
 
@@ -83,6 +83,31 @@ def test_ctrl_c_inside_llama_cpp_quantizer_stops_with_130(checkpoint_140m: Path,
     assert files_in(outdir) == []
 
 
+def test_sigterm_cleans_up_like_ctrl_c(checkpoint_140m: Path, tmp_path: Path) -> None:
+    """SIGTERM while llama.cpp quantizes: the partial files go, the finished level stays, exit 143."""
+    outdir = tmp_path / "out"
+    process = _start("convert", str(checkpoint_140m), "--outdir", str(outdir), "--quant", "bf16,q4_k_m")
+    _wait_for(lambda: _in_quantizer(outdir, "Q4_K_M"), process)
+    quantizers = _children(process.pid)
+    assert process.poll() is None and quantizers, "the quantizer finished before it could be terminated"
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.splitlines()[-1] == "terminated" and "Traceback" not in stderr
+    assert files_in(outdir) == ["MobileLLM-R1-140M-synthetic-BF16.gguf"]
+    assert not any(_alive(pid) for pid in quantizers), "the quantizer outlived the terminated conversion"
+
+
+def test_sigterm_in_our_own_writer(checkpoint_140m: Path, tmp_path: Path) -> None:
+    outdir = tmp_path / "out"
+    process = _start("convert", str(checkpoint_140m), "--outdir", str(outdir), "--quant", "f32")
+    _wait_for(lambda: _in_quantizer(outdir, "F32"), process)
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert files_in(outdir) == []
+
+
 def test_killed_conversion_resumes(checkpoint_140m: Path, tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     args = ("convert", str(checkpoint_140m), "--outdir", str(outdir), "--quant", "bf16,q4_0")
@@ -115,7 +140,7 @@ def test_outdir_that_is_a_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
     target.write_text("x")
     result = run_cli("convert", str(tiny_checkpoint), "--outdir", str(target), "--quant", "q8_0")
     assert result.returncode == 2
-    assert error_lines(result) == [f"error: {target}: not a folder (it is a file)"]
+    assert error_lines(result) == [f"error: {target}: not a folder (it is a regular file)"]
 
 
 def test_read_only_outdir_and_store(tiny_checkpoint: Path, read_only_folder: Path) -> None:
@@ -157,6 +182,65 @@ def test_full_disk_is_one_line_and_no_partial_file(quant: str, tiny_checkpoint: 
     )
     assert "Traceback" not in result.stderr
     assert files_in(outdir) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs: room for the tiny checkpoint's F32 file (3.6 MiB) and not much more."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _fill(folder: Path, leave_bytes: int) -> None:
+    stats = os.statvfs(folder)
+    with (folder / "filler").open("wb") as handle:
+        handle.write(bytes(stats.f_bavail * stats.f_frsize - leave_bytes))
+
+
+def test_quantizer_on_a_full_disk_names_the_file(tiny_checkpoint: Path, small_disk: Path) -> None:
+    """llama.cpp says only "basic_ios::clear: iostream error"; the line says which file and why."""
+    first = run_cli("convert", str(tiny_checkpoint), "--outdir", str(small_disk), "--quant", "f32")
+    assert first.returncode == 0, first.stderr
+    _fill(small_disk, 200_000)
+    result = run_cli("convert", str(tiny_checkpoint), "--outdir", str(small_disk), "--quant", "f32,q4_k_m")
+    assert result.returncode == 2, result.stderr
+    target = small_disk / "MobileLLM-R1-tiny-936K-Q4_K_M.gguf"
+    assert error_lines(result)[-1] == f"error: {target}: No space left on device"
+    assert files_in(small_disk) == ["MobileLLM-R1-tiny-936K-F32.gguf", "filler"]
+
+
+def test_quantizer_past_a_file_size_limit_names_the_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    outdir = tmp_path / "out"
+    first = run_cli("convert", str(tiny_checkpoint), "--outdir", str(outdir), "--quant", "f32")
+    assert first.returncode == 0, first.stderr
+    kept = files_in(outdir)
+    limit = 200_000  # the F32 file is kept: only the quantizer writes
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [MLLM_CPU, "convert", str(tiny_checkpoint), "--outdir", str(outdir), "--quant", "f32,q4_0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+    )
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result)[-1] == f"error: {outdir / 'MobileLLM-R1-tiny-936K-Q4_0.gguf'}: File too large"
+    assert files_in(outdir) == kept
+
+
+def test_synthetic_on_a_full_disk_names_the_folder(small_disk: Path) -> None:
+    result = run_cli("convert", "--synthetic", "tiny", "--outdir", str(small_disk), "--quant", "f16")
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result) == [f"error: {small_disk / 'MobileLLM-R1-tiny-synthetic'}: No space left on device"]
+    assert files_in(small_disk) == []
 
 
 def test_name_with_a_path_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:

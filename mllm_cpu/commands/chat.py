@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from mllm_cpu.budget import ThinkingBudget
 from mllm_cpu.commands.options import OPTIONS, Flags, with_options
-from mllm_cpu.console import err, out
+from mllm_cpu.console import err, out, terminal_safe
 from mllm_cpu.conversation import MESSAGE_LIMIT, Conversation, Reply, run_command
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.user_files import decode_utf8, limited_lines
@@ -68,7 +68,8 @@ def _interactive(conversation: Conversation) -> None:
     home.mkdir(parents=True, exist_ok=True)
     session: PromptSession[str] = PromptSession(history=FileHistory(str(home / HISTORY_FILE)))
     err.print(
-        f"[dim]{escape(_model_label(conversation))} · /help for commands · Ctrl-C stops a reply · Ctrl-D leaves[/dim]",
+        f"[dim]{escape(terminal_safe(_model_label(conversation)))} · /help for commands · Ctrl-C stops a reply · "
+        "Ctrl-D leaves[/dim]",
         highlight=False,
         soft_wrap=True,
     )

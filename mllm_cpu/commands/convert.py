@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from mllm_cpu.commands.options import OPTIONS
 from mllm_cpu.console import (
     RichConvertProgress,
     convert_columns,
@@ -18,11 +20,11 @@ from mllm_cpu.console import (
     progress_bars,
     table,
 )
-from mllm_cpu.convert.atomic_file import ensure_writable_folder
+from mllm_cpu.convert.atomic_file import check_file_name, check_path_text, output_folder
 from mllm_cpu.convert.pipeline import ConvertedFile, convert_checkpoint
 from mllm_cpu.convert.quant_types import DEFAULT_QUANTS, parse_embedding_type, parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
-from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.errors import InputError, terminate_as_interrupt
 from mllm_cpu.store import checkpoints_dir, models_dir
 
 
@@ -74,37 +76,47 @@ def convert(
         ),
     ] = None,
     store: Annotated[bool, typer.Option(help="Write the files into the model store.")] = False,
-    threads: Annotated[int | None, typer.Option(help="Quantizer threads (default: all CPUs).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Quantizer threads, at most this machine's CPUs (default: all of them).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Convert a MobileLLM-R1 checkpoint to GGUF files at several quant levels."""
+    """Convert a MobileLLM-R1 checkpoint to GGUF files at several quant levels.
+
+    SIGTERM stops it as Ctrl-C does: the file being written is removed, finished ones are kept.
+    """
     levels = parse_quant_list(quant)
     embedding = parse_embedding_type(embedding_type)
     if store and outdir is not None:
         raise InputError("--store and --outdir are exclusive")
     if (model_dir is None) == (synthetic is None):
         raise InputError("give a checkpoint folder or --synthetic SIZE (one of them)")
+    for path, what in ((model_dir, "checkpoint folder"), (outdir, "--outdir")):
+        if path is not None:
+            check_path_text(path, what)
+    if name is not None:
+        check_file_name(name, "--name")
+    OPTIONS["threads"].check(threads)
     if store:
         outdir = models_dir()
-    if outdir is not None:
-        ensure_writable_folder(outdir)
-    if synthetic is not None:
-        parent = outdir if outdir is not None else checkpoints_dir()
-        with err.status(f"writing a random {synthetic} checkpoint"):
-            model_dir = write_synthetic_checkpoint(synthetic, parent)
-        outdir = outdir or model_dir
-    assert model_dir is not None
-    with progress_bars(*convert_columns(), transient=json_output) as progress:
-        files = convert_checkpoint(
-            model_dir,
-            levels,
-            outdir,
-            name=name,
-            force=force,
-            embedding_type=embedding,
-            threads=threads,
-            progress=RichConvertProgress(progress),
-        )
+    with terminate_as_interrupt(), output_folder(outdir) if outdir is not None else nullcontext():
+        if synthetic is not None:
+            parent = outdir if outdir is not None else checkpoints_dir()
+            with err.status(f"writing a random {synthetic} checkpoint"):
+                model_dir = write_synthetic_checkpoint(synthetic, parent)
+            outdir = outdir or model_dir
+        assert model_dir is not None
+        with progress_bars(*convert_columns(), transient=json_output) as progress:
+            files = convert_checkpoint(
+                model_dir,
+                levels,
+                outdir,
+                name=name,
+                force=force,
+                embedding_type=embedding,
+                threads=threads,
+                progress=RichConvertProgress(progress),
+            )
     rows = converted_rows(files)
     if json_output:
         print_json([row.to_dict() for row in rows])

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mllm_cpu.console import err, human_bytes, print_json, print_table, table
+from mllm_cpu.console import err, human_bytes, print_json, print_table, table, terminal_safe
 from mllm_cpu.model_info import ModelDetails, describe_model, store_listing
 from mllm_cpu.store import (
     HOW_TO_GET_A_MODEL,
@@ -31,7 +31,7 @@ def models(
         return
     if not rows:
         err.print(
-            f"the store ({escape(str(models_dir()))}) is empty: {escape(HOW_TO_GET_A_MODEL)}",
+            f"the store ({escape(terminal_safe(models_dir()))}) is empty: {escape(HOW_TO_GET_A_MODEL)}",
             soft_wrap=True,
             highlight=False,
         )
@@ -61,6 +61,7 @@ def info(
 ) -> None:
     """Show a model file's metadata: architecture, size, tensor types, context, tokenizer.
 
+    Text from the file is shown with its control characters escaped (`console.terminal_safe`).
     A checkpoint folder not converted before is converted into a temporary folder, which is
     removed afterwards: `info` never writes into the store.
     """
@@ -69,7 +70,7 @@ def info(
         with tempfile.TemporaryDirectory(prefix="mllm-cpu-info-") as temporary:
             details = describe_model(convert_for_run(folder, Path(temporary)))
         err.print(
-            f"converted to a temporary file, now removed; `mllm-cpu solve --model {escape(str(folder))}` "
+            f"converted to a temporary file, now removed; `mllm-cpu solve --model {escape(terminal_safe(folder))}` "
             "converts once and keeps it",
             soft_wrap=True,
             highlight=False,
@@ -87,7 +88,11 @@ def info(
         )
     )
     if details.problem is not None:
-        err.print(f"[yellow]cannot run this file:[/yellow] {escape(details.problem)}", soft_wrap=True, highlight=False)
+        err.print(
+            f"[yellow]cannot run this file:[/yellow] {escape(terminal_safe(details.problem))}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _info_rows(details: ModelDetails) -> list[list[Any]]:

@@ -20,10 +20,10 @@ from mllm_cpu.console import (
     progress_bars,
     table,
 )
-from mllm_cpu.convert.atomic_file import ensure_writable_folder
+from mllm_cpu.convert.atomic_file import check_file_name, ensure_writable_folder
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary, summarize_header
-from mllm_cpu.convert.repair import is_zero_expert_llama4, refuse_relabelled, repair_gguf
+from mllm_cpu.convert.repair import llama4_expert_count, refuse_relabelled, repair_gguf
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.model_file import validate_header, validate_model_file
 from mllm_cpu.store import models_dir
@@ -78,12 +78,14 @@ def repair(
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Turn a llama4 zero-expert MobileLLM-R1 GGUF into the qwen3 layout llama.cpp runs."""
+    """Turn a dense llama4 MobileLLM-R1 GGUF (zero or one expert) into the qwen3 layout llama.cpp runs."""
     if store and outdir is not None:
         raise InputError("--store and --outdir are exclusive")
+    if name is not None:
+        check_file_name(name, "--name")
     header = read_gguf_header(broken)
     refuse_relabelled(header)
-    if not is_zero_expert_llama4(header):
+    if llama4_expert_count(header) is None:
         model = validate_header(header)
         note = f"{broken} needs no repair: llama.cpp runs it as it is ({model.description})"
         _show(RepairResult(broken, False, None, header.file_size, "", 0.0, note), json_output)

@@ -32,7 +32,7 @@ from mllm_cpu.batch import (
     run_batch,
 )
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
-from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table
+from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table, terminal_safe
 from mllm_cpu.convert.atomic_file import ensure_writable_file
 from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG, InputError
@@ -193,8 +193,8 @@ def _solve_one(
     else:
         budget_text = f" · budget {budget} tokens" if budget is not None else ""
         err.print(
-            f"[dim]{escape(_model_label(engine.identity()))} · task {task} · up to {options.max_tokens} tokens"
-            f"{budget_text}[/dim]",
+            f"[dim]{escape(terminal_safe(_model_label(engine.identity())))} · task {task} · "
+            f"up to {options.max_tokens} tokens{budget_text}[/dim]",
             highlight=False,
         )
         with _live_progress(out, task, options, budget, answer_tokens) as live:
@@ -494,7 +494,7 @@ def _solve_batch(
                 failed = sum(record.failure is not None for record in already)
                 resumed = f" · resuming: {len(already)} of {len(problems)} problems already there" if already else ""
                 resumed += f" ({failed} recorded as failed)" if failed else ""
-                note(f"[dim]{escape(identity.model)} · results in {escape(str(target))}{resumed}[/dim]")
+                note(f"[dim]{escape(terminal_safe(identity.model))} · results in {escape(str(target))}{resumed}[/dim]")
             graded = [record for record in already if record.correct is not None]
             accuracy = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
             bar = progress.add_task("solving", total=len(problems), completed=len(already), accuracy=accuracy)
