@@ -16,6 +16,7 @@ import pytest
 
 from arithmetic_task import problems, render_prompt, trained_pair
 from cli_runner import MLLM_CPU, error_lines, run_cli
+from mllm_cpu.bench import first_load
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
@@ -160,3 +161,13 @@ def test_commands_on_a_file_llama_cpp_aborts_on_say_one_line(aborting_file: Path
     lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert str(aborting_file) in lines[0]
+
+
+def test_the_guard_cost_bench_measures_each_step_from_an_empty_cache(
+    synthetic_tiny_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench/first_load.py`: the cold check pays a child's load and decode, the cached one only a read."""
+    assert first_load.main([str(synthetic_tiny_gguf), "--rounds", "1", "--json"]) == 0
+    times = json.loads(capsys.readouterr().out)
+    assert list(times) == list(first_load.STEPS) and all(len(values) == 1 for values in times.values())
+    assert times["cached"][0] < times["check"][0] / 10
