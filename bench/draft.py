@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 
 from .llama_session import ContextSettings, decode, fill_batch, loaded_model, open_context, token_batch
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.endpoint import EndpointBackend, describe_error, request_options
-from mllm_cpu.engine import SamplingOptions
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.tasks import get_preset
 

@@ -15,6 +15,7 @@ from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.convert.pipeline import ConvertProgress, SilentProgress
 from mllm_cpu.convert.quant_types import QuantLevel
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.engine import MIN_CONTEXT
 from mllm_cpu.hardware import logical_cores
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.store import resolve_model
@@ -28,8 +29,6 @@ from .results import BenchRun, ModelResult, SpeedResult
 from .roofline import bytes_per_token, roofline_tokens_per_second
 from .speed import SpeedTest, run_speed_test, speed_tests, time_to_first_token
 from .synthetic_models import synthetic_model_files
-
-MIN_CONTEXT = 64
 
 
 class BenchProgress(ConvertProgress, Protocol):

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 from rich.console import Console
 
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
 from mllm_cpu.live_progress import LiveProgress
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.store import resolve_model
 from mllm_cpu.stream_display import DEFAULT_INTERVAL_S, TerminalStream

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from mllm_cpu.engine import Generation, SamplingOptions
+from mllm_cpu.engine import Generation
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.prompt_format import Message
+from mllm_cpu.sampling import SamplingOptions
 
 
 class Backend(Protocol):

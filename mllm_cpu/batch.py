@@ -12,45 +12,50 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mllm_cpu.backend import Backend
 from mllm_cpu.core.errors import InputError, naming_path
 from mllm_cpu.core.user_files import TooLarge, kind_of, limited_lines, not_regular, size_text
 from mllm_cpu.core.values import GIB, MIB
-from mllm_cpu.engine import PromptTooLong, SamplingOptions, StopReason
+from mllm_cpu.engine import PromptTooLong, StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.parallel import solve_each
 from mllm_cpu.problems import Problem
+from mllm_cpu.sampling import SCALAR_FIELDS, SamplingOptions
 from mllm_cpu.sandbox import humaneval_test_code
 from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution, solve
 
 TIMING_FIELDS = ("tokens_per_second", "prompt_seconds", "generation_seconds", "seconds")
 TOTAL_ROW = "all"
 DEFAULT_TIMEOUT = 10.0
+_T = TypeVar("_T")
 
 
 class NotResumable(InputError):
     """A results file that cannot be resumed: another model's or settings' records, or lines that are not records."""
 
 
+def _with_sampling_fields(cls: type[_T]) -> type[_T]:
+    """Give a class, before @dataclass makes it one, the SCALAR_FIELDS of SamplingOptions (with their
+    types, in their order) right after its first field."""
+    first, *rest = cls.__annotations__.items()
+    sampling = [(f.name, f.type) for f in fields(SamplingOptions) if f.name in SCALAR_FIELDS]
+    cls.__annotations__ = dict([first, *sampling, *rest])
+    return cls
+
+
 @dataclass(frozen=True)
+@_with_sampling_fields
 class BatchSettings:
     """The settings that change a batch's answers; records made under other settings are never mixed.
 
-    `task` is the batch's task override ("auto": each problem's own); `budget` is the thinking
-    budget in tokens, None when there is none; `answer_tokens` bounds a forced answer (None:
-    each task's default).
+    `task` is the batch's task override ("auto": each problem's own); then SamplingOptions'
+    SCALAR_FIELDS (every sampling setting but the logit bias); `budget` is the thinking budget in
+    tokens, None when there is none; `answer_tokens` bounds a forced answer (None: each task's default).
     """
 
     task: str
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    seed: int | None
-    max_tokens: int
     budget: int | None = None
     answer_tokens: int | None = None
 
@@ -59,7 +64,7 @@ class BatchSettings:
         cls, task: str, options: SamplingOptions, budget: int | None = None, answer_tokens: int | None = None
     ) -> BatchSettings:
         """The settings of a batch run with `task` and `options` (the sampling fields both records have)."""
-        sampling = {f.name: getattr(options, f.name) for f in fields(options) if f.name in _SETTING_NAMES}
+        sampling = {name: getattr(options, name) for name in SCALAR_FIELDS}
         return cls(task=task, **sampling, budget=budget, answer_tokens=answer_tokens if budget is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,9 +83,6 @@ class BatchSettings:
             for field in fields(self)
             if getattr(self, field.name) != getattr(now, field.name)
         ]
-
-
-_SETTING_NAMES = frozenset(f.name for f in fields(BatchSettings))
 
 
 @dataclass(frozen=True)

@@ -56,21 +56,13 @@ from mllm_cpu.budget import (
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
-from mllm_cpu.engine import (
-    FLASH_ATTENTION,
-    Generation,
-    PromptTooLong,
-    SamplingOptions,
-    StopReason,
-    context_length,
-    sampling_defaults,
-)
+from mllm_cpu.engine import FLASH_ATTENTION, Generation, PromptTooLong, StopReason, context_length
 from mllm_cpu.hardware import available_memory_bytes, physical_cores
 from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat
-from mllm_cpu.sampling import TokenSampler
+from mllm_cpu.sampling import SamplingOptions, TokenSampler, sampling_defaults
 from mllm_cpu.stop_text import StopTextFilter
 from mllm_cpu.tasks import TaskPreset
 

@@ -15,7 +15,8 @@ from enum import Enum
 
 from mllm_cpu.answers import extract_answer
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, Generation, SamplingOptions, StopReason
+from mllm_cpu.engine import Engine, Generation, StopReason
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.tasks import END_OF_REASONING, TaskPreset
 
 START_OF_REASONING = "<think>"

@@ -13,8 +13,9 @@ from mllm_cpu.budget import ThinkingBudget, generate_with_budget
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.user_files import read_text
 from mllm_cpu.core.values import MIB
-from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions
+from mllm_cpu.engine import Engine, Generation, Message
 from mllm_cpu.prompt_format import unicode_text
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.tasks import TASK_NAMES, TaskPreset, get_preset
 
 CONVERSATION_FORMAT = "mllm-cpu-conversation"

@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.user_files import size_text
 from mllm_cpu.core.values import MIB
-from mllm_cpu.engine import Generation, SamplingOptions, StopReason
+from mllm_cpu.engine import Generation, StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.prompt_format import Message
+from mllm_cpu.sampling import SamplingOptions
 
 ENDPOINT_ENV = "MLLM_CPU_ENDPOINT"
 API_KEY_ENV = "MLLM_CPU_API_KEY"

@@ -6,12 +6,11 @@ import codecs
 import random
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import gguf
 import numpy as np
 
 from mllm_cpu.core import gguf_keys
@@ -22,13 +21,16 @@ from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat, PromptTooLong, special_tokens_not_utf8
-from mllm_cpu.sampling import TokenSampler
+from mllm_cpu.sampling import SamplingOptions, TokenSampler, sampling_defaults
 from mllm_cpu.stop_text import StopTextFilter
 
 if TYPE_CHECKING:
     from mllm_cpu.drafting import CountingDraft, DraftStats
 
 DEFAULT_CONTEXT = 8192
+"""The context a model runs with unless told otherwise (or its trained length if shorter)."""
+MIN_CONTEXT = 64
+"""The shortest context a model may be run with (`--ctx`'s lower bound, in `bench` too)."""
 MAX_TRAINED_CONTEXT = 1 << 24
 """The largest trained context (`{arch}.context_length`) a file may claim: llama-cpp-python allocates
 that many tokens for every tokenization, and llama.cpp's API reads it as a 32-bit signed number."""
@@ -37,43 +39,6 @@ FLASH_ATTENTION = False
 """chat, solve and serve run without llama.cpp's flash attention: on CPU it decodes at about half
 the speed once 2,000 tokens are in context (a reasoning trace's usual depth), for a smaller compute
 buffer. `mllm-cpu bench -fa on,off -d 0,512,2048` measures both; see docs/DESIGN.md."""
-
-
-@dataclass
-class SamplingOptions:
-    """Sampling settings; the defaults suit a small reasoning model.
-
-    `logit_bias` maps token ids to values added to their logits before sampling.
-    """
-
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-    max_tokens: int = 8192
-    logit_bias: dict[int, float] = field(default_factory=dict)
-
-
-_SAMPLING_KEYS = {
-    "temperature": gguf.Keys.General.SAMPLING_TEMP,
-    "top_p": gguf.Keys.General.SAMPLING_TOP_P,
-    "top_k": gguf.Keys.General.SAMPLING_TOP_K,
-    "min_p": gguf.Keys.General.SAMPLING_MIN_P,
-    "repeat_penalty": gguf.Keys.General.SAMPLING_PENALTY_REPEAT,
-}
-
-
-def sampling_defaults(metadata: dict[str, Any]) -> SamplingOptions:
-    """SamplingOptions with the file's `general.sampling.*` values where present."""
-    options = SamplingOptions()
-    types = {f.name: type(getattr(options, f.name)) for f in fields(options)}
-    for name, key in _SAMPLING_KEYS.items():
-        value = metadata.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            setattr(options, name, types[name](value))
-    return options
 
 
 class StopReason(str, Enum):
@@ -117,14 +82,14 @@ class Generation:
 
 
 def context_length(model: ModelFile, n_ctx: int | None = None) -> int:
-    """The context to run `model` with: `n_ctx`, or 8192 (or the model's trained length if shorter)."""
+    """The context to run `model` with: `n_ctx`, or DEFAULT_CONTEXT (or the model's trained length if shorter)."""
     if model.n_ctx_train > MAX_TRAINED_CONTEXT:
         raise InputError(
             f"{model.path}: context_length {model.n_ctx_train:,} is more than {MAX_TRAINED_CONTEXT:,} tokens, "
             "the most llama-cpp-python can run (a damaged file?)"
         )
-    if n_ctx is not None and n_ctx < 64:
-        raise InputError(f"context length {n_ctx} is too small (at least 64)")
+    if n_ctx is not None and n_ctx < MIN_CONTEXT:
+        raise InputError(f"context length {n_ctx} is too small (at least {MIN_CONTEXT})")
     if n_ctx is not None and n_ctx > model.n_ctx_train:
         raise InputError(f"context length {n_ctx} is more than the model's {model.n_ctx_train} tokens")
     return n_ctx or min(DEFAULT_CONTEXT, model.n_ctx_train)
@@ -143,7 +108,7 @@ class Engine:
         lookup: int | None = None,
         draft_tokens: int | None = None,
     ) -> None:
-        """Validate and load a GGUF; `n_ctx` defaults to 8192 (or the model's trained length if shorter).
+        """Validate and load a GGUF; `n_ctx` defaults to DEFAULT_CONTEXT (or the model's trained length if shorter).
 
         `draft` (a smaller GGUF with the same tokenizer) or `lookup` (n-gram prompt lookup,
         proposing that many tokens) turn on speculative decoding; a draft model proposes

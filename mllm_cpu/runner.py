@@ -35,7 +35,8 @@ from mllm_cpu.batched import BatchedEngine, BatchRequest, Event, Failed, Finishe
 from mllm_cpu.budget import BudgetedGeneration, ThinkingBudget
 from mllm_cpu.core.child import ChildResult, die_with_parent, module_command
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Generation, PromptTooLong, SamplingOptions, StopReason
+from mllm_cpu.engine import Generation, PromptTooLong, StopReason
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.tasks import get_preset
 
 START_SECONDS = 600.0

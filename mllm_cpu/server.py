@@ -30,7 +30,7 @@ from typing import Any
 from mllm_cpu.budget import BudgetedGeneration, ThinkingBudget, generate_with_budget
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log
-from mllm_cpu.engine import Engine, SamplingOptions, StopReason, context_length, sampling_defaults
+from mllm_cpu.engine import Engine, StopReason, context_length
 from mllm_cpu.grammar_check import GrammarChecker, GrammarCheckFailed, GrammarConstraint, GrammarSource
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
@@ -54,6 +54,7 @@ from mllm_cpu.request_checks import (
     grammar_sources,
     parse_json_object,
 )
+from mllm_cpu.sampling import FILE_FIELDS, SamplingOptions, sampling_defaults
 from mllm_cpu.solver import choose_task
 from mllm_cpu.store import resolve_model
 from mllm_cpu.tasks import TaskPreset
@@ -65,7 +66,6 @@ RETRY_AFTER_SECONDS = 5
 SHUTDOWN_GRACE_SECONDS = 30
 HEALTH_PATH = "/health"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 BUDGET_FIELDS = ("budget", "answer_tokens", "task")
 DEFAULT_BUDGET_TASK = "math"
 # Request fields a budgeted chat does not apply; refused rather than ignored.
@@ -256,7 +256,7 @@ def _budgeted_chat(engine: Engine, model: str, budget: RequestBudget, request: d
     from starlette.responses import JSONResponse
 
     options = SamplingOptions(
-        **{field: request[field] for field in _SAMPLING_FIELDS},
+        **{field: request[field] for field in FILE_FIELDS},
         seed=request.get("seed"),
         max_tokens=request["max_tokens"],
     )
@@ -538,7 +538,7 @@ class Guard:
             if request.get("max_tokens") is None:
                 request["max_tokens"] = served.defaults.max_tokens
             check_positive(request, "max_tokens")
-            for field in _SAMPLING_FIELDS:
+            for field in FILE_FIELDS:
                 if request.get(field) is None:
                     request[field] = getattr(served.defaults, field)
         checked = check_schema(route, request)

@@ -10,7 +10,8 @@ from mllm_cpu.answers import answers_match, extract_answer
 from mllm_cpu.backend import Backend
 from mllm_cpu.budget import ThinkingBudget, answer_start, generate_with_budget, split_tokens
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, Generation, Message, SamplingOptions, StopReason
+from mllm_cpu.engine import Engine, Generation, Message, StopReason
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.sandbox import SandboxResult, run_python
 from mllm_cpu.tasks import AnswerKind, TaskPreset, detect_task, get_preset
 

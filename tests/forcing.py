@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 
 EOT_ID = 128009
 _TOP_BIAS = 10_000.0

@@ -15,9 +15,10 @@ from cli_runner import MLLM_CPU, run_cli
 from forcing import forcing_options
 from mllm_cpu.batch import TIMING_FIELDS, BatchProgress, BatchRecord, read_results, run_batch, summarize
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
 from mllm_cpu.identity import file_identity
 from mllm_cpu.problems import load_problems
+from mllm_cpu.sampling import SamplingOptions
 
 HUMANEVAL = {
     "task_id": "HumanEval/0",

@@ -14,9 +14,10 @@ from cli_runner import run_cli
 from mllm_cpu.batch import BatchSettings, NotResumable, read_results, run_batch
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
 from mllm_cpu.identity import file_identity
 from mllm_cpu.problems import load_problems
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.store import resolve_model
 
 FLAGS = ("--threads", "1", "--seed", "5", "--temperature", "0.8")

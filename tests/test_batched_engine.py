@@ -14,7 +14,8 @@ from mllm_cpu.answers import extract_answer
 from mllm_cpu.batched import BatchedEngine, BatchRequest, Failed, Finished, Piece, Stream
 from mllm_cpu.budget import ThinkingBudget, generate_with_budget
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, PromptTooLong, SamplingOptions, StopReason
+from mllm_cpu.engine import Engine, PromptTooLong, StopReason
+from mllm_cpu.sampling import SamplingOptions
 
 CTX = 512
 PARALLEL = 4

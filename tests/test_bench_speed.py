@@ -31,7 +31,8 @@ from mllm_cpu.bench.speed import (
 )
 from mllm_cpu.bench.streaming_overhead import measure_streaming_overhead
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.tasks import get_preset
 

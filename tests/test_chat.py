@@ -14,7 +14,8 @@ from cli_runner import MLLM_CPU, run_cli
 from forcing import forcing_options
 from mllm_cpu.conversation import HELP_TEXT, Conversation, run_command
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.tasks import get_preset
 
 

@@ -10,7 +10,8 @@ import pytest
 from arithmetic_task import converted_pair, problems, render_prompt
 from cli_runner import error_lines, run_cli
 from mllm_cpu.bench.draft import predicted_speedup
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 
 GREEDY = SamplingOptions(temperature=0.0, top_k=1, max_tokens=80, seed=0)
 

@@ -24,7 +24,8 @@ import pytest
 from cli_runner import MLLM_CPU, error_lines
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.endpoint import SERVER_TEXT_CHARS, EndpointBackend, EndpointError, server_text
-from mllm_cpu.engine import SamplingOptions, StopReason
+from mllm_cpu.engine import StopReason
+from mllm_cpu.sampling import SamplingOptions
 
 MODEL = "stand-in"
 MAX_EVENTS = 200_000

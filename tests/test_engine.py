@@ -12,8 +12,9 @@ import pytest
 from forcing import EOT_ID, forcing_options
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import DEFAULT_CONTEXT, Engine, SamplingOptions, sampling_defaults
+from mllm_cpu.engine import DEFAULT_CONTEXT, Engine
 from mllm_cpu.hardware import physical_cores
+from mllm_cpu.sampling import SamplingOptions, sampling_defaults
 from small_gguf import write_small_gguf
 
 EOS_ID, EOM_ID = 128001, 128008

@@ -27,7 +27,8 @@ from small_gguf import rewrite_gguf
 GREEDY_CHILD = """
 import json, sys
 from mllm_cpu.bench.llama_session import load_model
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.kernels import prepare_kernels
 engine = Engine(sys.argv[1], threads=1)
 greedy = SamplingOptions(temperature=0.0, top_k=1, max_tokens=60, seed=0)

@@ -24,8 +24,9 @@ from mllm_cpu.conversation import CONVERSATION_FILE_LIMIT, Conversation, run_com
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.engine import Engine, PromptTooLong, SamplingOptions
+from mllm_cpu.engine import Engine, PromptTooLong
 from mllm_cpu.prompt_format import TEMPLATE_STEPS, PromptFormat, TemplateLimit, load_vocabulary, unicode_text
+from mllm_cpu.sampling import SamplingOptions
 from small_gguf import rewrite_gguf
 
 CHILD_MEMORY = 1 << 30

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mllm_cpu.engine import Engine, SamplingOptions
-from mllm_cpu.sampling import TopK
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions, TopK
 
 MAX_TOKENS = 32
 

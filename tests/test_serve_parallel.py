@@ -11,10 +11,11 @@ import pytest
 
 from arithmetic_task import converted_pair, render_prompt
 from mllm_cpu.batched import BatchRequest, Failed, Finished, Piece
-from mllm_cpu.engine import SamplingOptions, StopReason
+from mllm_cpu.engine import StopReason
 from mllm_cpu.model_file import validate_model_file
 from mllm_cpu.prompt_format import PromptFormat, load_vocabulary
 from mllm_cpu.runner import Runner, RunnerSpec
+from mllm_cpu.sampling import SamplingOptions
 
 CTX = 512
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=80)

@@ -3,7 +3,8 @@
 `OPTIONS` is the one table. `with_options(*names)` adds the named options to a typer
 command's signature and hands the command one validated `Flags` record instead of a dozen
 parameters; `Flags.sampling(engine)` applies the given values over the model's defaults.
-Add a new shared option by adding a row here and a field to `Flags`.
+Add a new shared option by adding a row here and a field to `Flags`; a sampling option is also
+a field of `SamplingOptions` (mllm_cpu/sampling.py), whose defaults the help texts show.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from mllm_cpu.console import err
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import comma_list
 from mllm_cpu.endpoint import API_KEY_ENV, ENDPOINT_ENV, EndpointBackend
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import DEFAULT_CONTEXT, MIN_CONTEXT, Engine
+from mllm_cpu.sampling import DEFAULT_MAX_TOKENS, SCALAR_FIELDS, SamplingOptions
 from mllm_cpu.store import resolve_model
 
 
@@ -65,6 +67,10 @@ def _logical_cores() -> int:
     return os.cpu_count() or 1
 
 
+_DEFAULTS = SamplingOptions()
+"""The sampling defaults the help texts show."""
+
+
 OPTIONS: dict[str, OptionSpec] = {
     spec.name: spec
     for spec in (
@@ -76,29 +82,50 @@ OPTIONS: dict[str, OptionSpec] = {
             plural="models",
         ),
         OptionSpec(
-            "ctx", ("--ctx",), int, "Context length in tokens (default 8192, at most the model's trained length).", 64
+            "ctx",
+            ("--ctx",),
+            int,
+            f"Context length in tokens (default {DEFAULT_CONTEXT}, at most the model's trained length).",
+            MIN_CONTEXT,
         ),
         OptionSpec("threads", ("--threads",), int, "CPU threads (default: physical cores).", 1, _logical_cores()),
         OptionSpec(
             "temperature",
             ("--temperature", "--temp"),
             float,
-            "Sampling temperature; 0 is greedy (default 0.6 or the file's).",
+            f"Sampling temperature; 0 is greedy (default {_DEFAULTS.temperature:g} or the file's).",
             0,
         ),
-        OptionSpec("top_p", ("--top-p",), float, "Nucleus sampling threshold (default 0.95).", 0, 1, low_open=True),
-        OptionSpec("top_k", ("--top-k",), int, "Sample among the k likeliest tokens; 0 is all (default 20).", 0),
-        OptionSpec("min_p", ("--min-p",), float, "Minimum probability relative to the top token (default 0).", 0, 1),
+        OptionSpec(
+            "top_p",
+            ("--top-p",),
+            float,
+            f"Nucleus sampling threshold (default {_DEFAULTS.top_p:g}).",
+            0,
+            1,
+            low_open=True,
+        ),
+        OptionSpec(
+            "top_k", ("--top-k",), int, f"Sample among the k likeliest tokens; 0 is all (default {_DEFAULTS.top_k}).", 0
+        ),
+        OptionSpec(
+            "min_p",
+            ("--min-p",),
+            float,
+            f"Minimum probability relative to the top token (default {_DEFAULTS.min_p:g}).",
+            0,
+            1,
+        ),
         OptionSpec(
             "repeat_penalty",
             ("--repeat-penalty",),
             float,
-            "Repetition penalty; 1 is off (default 1).",
+            f"Repetition penalty; 1 is off (default {_DEFAULTS.repeat_penalty:g}).",
             0,
             low_open=True,
         ),
         OptionSpec("seed", ("--seed",), int, "Random seed, for reproducible output.", 0, 2**32 - 1),
-        OptionSpec("max_tokens", ("--max-tokens",), int, "Most tokens to generate (default 8192).", 1),
+        OptionSpec("max_tokens", ("--max-tokens",), int, f"Most tokens to generate (default {DEFAULT_MAX_TOKENS}).", 1),
         OptionSpec(
             "endpoint",
             ("--endpoint",),
@@ -139,7 +166,6 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec("lookup", ("--lookup",), int, "Speculative decoding by prompt lookup, drafting N tokens.", 1, 64),
     )
 }
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -213,7 +239,7 @@ class Flags:
 
     def sampling(self, engine: Backend) -> SamplingOptions:
         """The model's sampling defaults with the flags the user gave applied on top."""
-        given = {name: getattr(self, name) for name in SAMPLING_FIELDS if getattr(self, name) is not None}
+        given = {name: getattr(self, name) for name in SCALAR_FIELDS if getattr(self, name) is not None}
         return replace(engine.default_options(), **given)
 
 
