@@ -431,6 +431,22 @@ def render(run: BenchRun, output_format: str) -> str:
     raise InputError(f"unknown output format {output_format}; choose from: {', '.join(FORMATS)}")
 
 
+def chosen_format(json_output: bool, csv_output: bool, md_output: bool, out_file: Path | None) -> str | None:
+    """The format of FORMATS that --json, --csv or --md chose, else the one --out's suffix names; None for
+    tables. InputError for two formats, or an --out whose name says none."""
+    chosen = [name for name, flag in zip(FORMATS, (json_output, csv_output, md_output), strict=False) if flag]
+    if len(chosen) > 1:
+        raise InputError("choose one of --json, --csv and --md")
+    if chosen:
+        return chosen[0]
+    if out_file is None:
+        return None
+    suffix = out_file.suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        return suffix
+    raise InputError(f"--out {out_file}: say the format with --json, --csv or --md (or use a .json/.csv/.md name)")
+
+
 def write_report(text: str, path: Path) -> None:
     """Write a report file atomically (a partial file never appears under the name)."""
     path = Path(path)

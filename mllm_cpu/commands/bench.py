@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,35 +18,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from mllm_cpu.bench.draft import cost_rows, measured_note, prediction_rows, run_draft_bench
-from mllm_cpu.bench.endpoint import (
-    EndpointRun,
-    endpoint_caption,
-    endpoint_rows,
-    render_endpoint,
-    run_endpoint_benchmark,
-)
-from mllm_cpu.bench.llama_session import DEFAULT_FLASH_ATTN, RUNTIME_FLASH_ATTN, parse_flash_attn
-from mllm_cpu.bench.report import (
-    FORMATS,
-    caption,
-    fit_caption,
-    fit_rows,
-    render,
-    rich_table,
-    speed_table,
-    write_report,
-)
-from mllm_cpu.bench.runner import BenchOptions, resolve_models, run_benchmark
-from mllm_cpu.bench.synthetic_models import parse_sizes
+from mllm_cpu.bench.draft import DraftBench, cost_rows, measured_note, prediction_rows
+from mllm_cpu.bench.endpoint import EndpointRun, endpoint_caption, endpoint_rows, render_endpoint
+from mllm_cpu.bench.llama_session import DEFAULT_FLASH_ATTN, RUNTIME_FLASH_ATTN
+from mllm_cpu.bench.report import caption, fit_caption, fit_rows, render, rich_table, speed_table, write_report
+from mllm_cpu.bench.request import BenchRequest, bench_draft, bench_endpoints, bench_local
+from mllm_cpu.bench.results import BenchRun
+from mllm_cpu.bench.runner import BenchProgress
 from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.console import RichConvertProgress, err, print_json, print_table, progress_bars
-from mllm_cpu.convert.atomic_file import ensure_writable_file
-from mllm_cpu.convert.quant_types import parse_quant_list
-from mllm_cpu.core.errors import InputError
-from mllm_cpu.core.values import comma_list
-from mllm_cpu.hardware import physical_cores
-from mllm_cpu.store import DEFAULT_QUANT, resolve_model
+from mllm_cpu.store import DEFAULT_QUANT
 
 
 class RichBenchProgress(RichConvertProgress):
@@ -80,6 +62,32 @@ class RichBenchProgress(RichConvertProgress):
             self.progress.update(self.note_task, description=text)
 
 
+class _BenchBars:
+    """The bars of a local benchmark: conversion redrawn twice a second, then measurement redrawn only
+    between timed runs."""
+
+    def __init__(self) -> None:
+        self.columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+
+    @contextmanager
+    def preparing(self) -> Iterator[BenchProgress]:
+        """Bars while models are resolved and converted."""
+        with progress_bars(*self.columns, transient=True, refresh_per_second=2) as bars:
+            yield RichBenchProgress(bars)
+
+    @contextmanager
+    def measuring(self) -> Iterator[BenchProgress]:
+        """The bar over the measurement steps, without a drawing thread."""
+        with progress_bars(*self.columns, transient=True, auto_refresh=False) as bars:
+            yield RichBenchProgress(bars)
+
+
 def _emit(rendered: Callable[[], str], output_format: str | None, out_file: Path | None) -> bool:
     """Print a report in --json/--csv/--md on stdout (True: nothing else to show) or write it to --out."""
     if output_format and out_file is None:
@@ -98,18 +106,8 @@ def _report_endpoints(run: EndpointRun, output_format: str | None, out_file: Pat
     print_table(rich_table("Serving speed", *endpoint_rows(run), note=endpoint_caption(run)))
 
 
-def _bench_draft(draft: str, target: str, threads: str | None, repetitions: int, n_gen: int, json_output: bool) -> None:
-    """`bench --draft`: decode costs of draft and target, predicted and measured speed-up."""
-    thread_count = int_list(threads, "-t/--threads")[0] if threads is not None else physical_cores()
-    with err.status("measuring drafting") as status:
-        run = run_draft_bench(
-            resolve_model(draft),
-            resolve_model(target),
-            thread_count,
-            repetitions=repetitions,
-            real_tokens=n_gen,
-            on_step=lambda text: status.update(f"measuring {text}"),
-        )
+def _report_draft(run: DraftBench, json_output: bool) -> None:
+    """`bench --draft`: JSON, or the decode costs and the predicted speed-up beside the measured one."""
     if json_output:
         print_json(run.to_dict())
         return
@@ -122,29 +120,21 @@ def _bench_draft(draft: str, target: str, threads: str | None, repetitions: int,
     print_table(rich_table("Predicted speed-up", *prediction_rows(run), note=f"{formula}\n{measured_note(run)}"))
 
 
-def int_list(text: str, option: str) -> list[int]:
-    """ "1,2,4" -> [1, 2, 4]; anything else is an InputError naming the option."""
-    try:
-        values = [int(part) for part in comma_list(text)]
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated integers, got {text!r}") from None
-    if not values:
-        raise InputError(f"{option} is empty")
-    return values
-
-
-def _output_format(json_output: bool, csv_output: bool, md_output: bool, out_file: Path | None) -> str | None:
-    chosen = [name for name, flag in zip(FORMATS, (json_output, csv_output, md_output), strict=False) if flag]
-    if len(chosen) > 1:
-        raise InputError("choose one of --json, --csv and --md")
-    if chosen:
-        return chosen[0]
-    if out_file is None:
-        return None
-    suffix = out_file.suffix.lower().lstrip(".")
-    if suffix in FORMATS:
-        return suffix
-    raise InputError(f"--out {out_file}: say the format with --json, --csv or --md (or use a .json/.csv/.md name)")
+def _report_local(run: BenchRun, ctx: int, output_format: str | None, out_file: Path | None) -> None:
+    """A local run in the chosen format, on stdout or into --out, else as the speed and memory fit tables."""
+    if _emit(lambda: render(run, output_format or ""), output_format, out_file):
+        return
+    title, columns, cells = speed_table(run)
+    print_table(rich_table(title, columns, cells, note=caption(run)))
+    fit_columns, fit_cells = fit_rows(run)
+    print_table(
+        rich_table(
+            f"Memory fit at context {ctx} (F16 KV cache, flash attention {RUNTIME_FLASH_ATTN} as in chat and solve)",
+            fit_columns,
+            fit_cells,
+            note=fit_caption(run),
+        )
+    )
 
 
 @with_options("endpoint", "api_key", "draft", repeat=("endpoint",))
@@ -203,77 +193,39 @@ def bench(
     With --endpoint, measure OpenAI-compatible servers instead: time to first token, per-request
     and aggregate decode t/s at each --concurrency (MODELS then names the served model).
     """
-    output_format = _output_format(json_output, csv_output, md_output, out_file)
-    if flags.draft is not None:
-        if synthetic is not None or len(models or []) != 1 or flags.endpoints:
-            raise InputError(
-                "bench --draft DRAFT TARGET: name exactly one target model (no --synthetic, no --endpoint)"
-            )
-        _bench_draft(
-            flags.draft, (models or [""])[0], threads, repetitions, int_list(n_gen, "-n/--n-gen")[0], json_output
-        )
-        return
-    if flags.endpoints:
-        if synthetic is not None or len(models or []) > 1:
-            raise InputError("with --endpoint, name at most one served model (no --synthetic)")
-        if out_file is not None:
-            ensure_writable_file(out_file, "--out")
-        gens = int_list(n_gen, "-n/--n-gen")
-        levels = int_list(concurrency, "--concurrency")
-        with err.status("measuring") as status:
-            run = run_endpoint_benchmark(
-                list(flags.endpoints),
-                flags.api_key,
-                models[0] if models else None,
-                levels,
-                gens[0],
-                warmup=not no_warmup,
-                on_step=lambda text: status.update(f"measuring {text}"),
-            )
-        _report_endpoints(run, output_format, out_file)
-        return
-    options = BenchOptions(
-        prompts=int_list(n_prompt, "-p/--n-prompt"),
-        gens=int_list(n_gen, "-n/--n-gen"),
-        threads=int_list(threads, "-t/--threads") if threads is not None else None,
-        batches=int_list(batch_size, "-b/--batch-size"),
-        ubatches=int_list(ubatch_size, "-ub/--ubatch-size"),
-        depths=int_list(n_depth, "-d/--n-depth"),
-        flash_attn=[parse_flash_attn(value) for value in comma_list(flash_attn)],
+    request = BenchRequest(
+        models=tuple(models or ()),
+        synthetic=synthetic,
+        quant=quant,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        threads=threads,
+        batch_size=batch_size,
+        ubatch_size=ubatch_size,
+        n_depth=n_depth,
+        flash_attn=flash_attn,
         repetitions=repetitions,
         n_ctx=ctx,
         board=board,
         warmup=not no_warmup,
         bandwidth=not no_bandwidth,
+        json_output=json_output,
+        csv_output=csv_output,
+        md_output=md_output,
+        out_file=out_file,
+        concurrency=concurrency,
+        endpoints=tuple(flags.endpoints),
+        api_key=flags.api_key,
+        draft=flags.draft,
     )
-    options.validate()
-    if out_file is not None:
-        ensure_writable_file(out_file, "--out")
-    if quant is not None and synthetic is None:
-        raise InputError("--quant applies to --synthetic models only")
-    sizes = parse_sizes(synthetic) if synthetic is not None else []
-    levels = parse_quant_list(quant or DEFAULT_QUANT)
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with progress_bars(*columns, transient=True, refresh_per_second=2) as bars:
-        paths = resolve_models(models or [], sizes, levels, RichBenchProgress(bars))
-    with progress_bars(*columns, transient=True, auto_refresh=False) as bars:
-        run = run_benchmark(paths, options, RichBenchProgress(bars))
-    if _emit(lambda: render(run, output_format or ""), output_format, out_file):
-        return
-    title, columns, cells = speed_table(run)
-    print_table(rich_table(title, columns, cells, note=caption(run)))
-    fit_columns, fit_cells = fit_rows(run)
-    print_table(
-        rich_table(
-            f"Memory fit at context {ctx} (F16 KV cache, flash attention {RUNTIME_FLASH_ATTN} as in chat and solve)",
-            fit_columns,
-            fit_cells,
-            note=fit_caption(run),
-        )
-    )
+    request.validate()
+    if request.mode == "draft":
+        with err.status("measuring drafting") as status:
+            draft_run = bench_draft(request, on_step=lambda text: status.update(f"measuring {text}"))
+        _report_draft(draft_run, json_output)
+    elif request.mode == "endpoint":
+        with err.status("measuring") as status:
+            endpoint_run = bench_endpoints(request, on_step=lambda text: status.update(f"measuring {text}"))
+        _report_endpoints(endpoint_run, request.output_format(), out_file)
+    else:
+        _report_local(bench_local(request, _BenchBars()), ctx, request.output_format(), out_file)

@@ -9,8 +9,8 @@ import typer
 
 from mllm_cpu.bench.quality import LADDER, QualityOptions, read_text, resolve_sources, run_quality
 from mllm_cpu.bench.quality_report import caption, chart, level_rows, recommendation_lines, render
-from mllm_cpu.bench.report import rich_table, write_report
-from mllm_cpu.commands.bench import RichBenchProgress, _output_format
+from mllm_cpu.bench.report import chosen_format, rich_table, write_report
+from mllm_cpu.commands.bench import RichBenchProgress
 from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.console import convert_columns, err, out, print_table, progress_bars
 from mllm_cpu.core.errors import InputError
@@ -44,7 +44,7 @@ def quality(
     flags: Flags,
 ) -> None:
     """Perplexity, KL divergence and top-1 agreement of each quant level against the lossless reference."""
-    output_format = _output_format(json_output, csv_output, md_output, out_file)
+    output_format = chosen_format(json_output, csv_output, md_output, out_file)
     options = QualityOptions(n_ctx=ctx, chunks=chunks, threads=flags.threads, speed=speed, fit_ctx=fit_ctx)
     options.validate()
     if out_file is not None and not out_file.parent.is_dir():

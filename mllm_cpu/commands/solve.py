@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import sys
-from contextlib import AbstractContextManager, nullcontext, redirect_stdout
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -13,40 +13,33 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.syntax import Syntax
 from rich.text import Text
 
 from mllm_cpu.backend import Backend
-from mllm_cpu.batch import (
-    DEFAULT_TIMEOUT,
-    BatchProgress,
-    BatchRecord,
-    BatchStart,
-    ModelSummary,
-    check_results_path,
-    is_stdout,
-    is_stream,
-    model_summary,
-    read_results,
-    run_batch,
-)
+from mllm_cpu.batch import DEFAULT_TIMEOUT, BatchProgress, BatchStart, ModelSummary, is_stdout
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
 from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table, terminal_safe
-from mllm_cpu.convert.atomic_file import ensure_writable_file
-from mllm_cpu.convert.gguf_summary import summarize_header
-from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG, InputError
-from mllm_cpu.engine import Engine, StopReason
+from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG
+from mllm_cpu.engine import StopReason
 from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.live_progress import LiveProgress
-from mllm_cpu.problems import Problem, load_problems, read_problem, read_tests
-from mllm_cpu.prompt_format import unicode_text
+from mllm_cpu.problems import Problem
 from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.sandbox import SandboxResult
-from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution
-from mllm_cpu.solver import solve as solve_problem
+from mllm_cpu.solve_request import BatchListener, SolveRequest, solve_batches, solve_one, solve_sweep
+from mllm_cpu.solver import AUTO_TASK, Solution
 from mllm_cpu.stream_display import printable
-from mllm_cpu.sweep import BudgetPoint, accuracy_chart, budget_point, budget_results_path
+from mllm_cpu.sweep import BudgetPoint, accuracy_chart
 from mllm_cpu.tasks import get_preset
 
 TIMEOUT = OptionSpec(
@@ -115,102 +108,157 @@ def solve(
     keeps every finished problem and resumes on a rerun).
     """
     TIMEOUT.check(timeout)
-    is_batch = file is not None and file.suffix.lower() == ".jsonl"
-    if (problem is None) == (file is None):
-        raise InputError("give a PROBLEM or --file FILE (one of them)")
-    if is_batch and (check is not None or run or tests is not None):
-        raise InputError("--check, --run and --tests are for one problem; a batch grades by its records")
-    if not is_batch and (out_path is not None or limit is not None):
-        raise InputError("--out and --limit are for a .jsonl batch (--file PROBLEMS.jsonl)")
-    if not is_batch and (force or len(flags.models) > 1):
-        raise InputError("--force and several --model are for a .jsonl batch (--file PROBLEMS.jsonl)")
-    if len(set(flags.models)) < len(flags.models):
-        raise InputError("the same --model is given twice")
-    if check is not None and not check.strip():
-        raise InputError("--check is empty: give the expected answer, e.g. --check 42")
-    tests_code = read_tests(tests) if tests is not None else None
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
-    if is_batch:
-        assert file is not None
-        batch_task = task if task.strip().lower() == AUTO_TASK else get_preset(task).name
-        problems = load_problems(file)[:limit]
-        if out_path is not None:
-            check_results_path(out_path)
-            if not is_stream(out_path):
-                ensure_writable_file(out_path, "--out")
-        job = _BatchJob(flags, problems, file, out_path, batch_task, timeout, force, json_output)
-        if len(flags.budgets()) > 1:
-            _solve_sweep(job)
-        else:
-            _solve_batches(job)
-        return
-    text = unicode_text(problem, "the PROBLEM argument") if problem is not None else read_problem(file) if file else ""
-    if not text.strip():
-        raise InputError("the problem is empty")
-    preset = choose_task(task, text)
-    if (run or tests is not None) and preset.language != "python":
-        raise InputError(f"--run and --tests run Python answers; this is a {preset.name} problem (try --task python)")
-    if check is not None and preset.answer_kind != "boxed":
-        raise InputError(f"--check compares boxed answers; the {preset.name} task answers with code")
-    budgets = flags.budgets()
-    if len(budgets) > 1:
-        raise InputError("a budget sweep (several --budget values) needs a .jsonl --file of problems")
-    engine = flags.load_backend()
-    options = flags.sampling(engine)
-    _solve_one(
-        engine,
-        text,
-        preset.name,
-        options,
-        check,
-        run or tests is not None,
-        tests_code,
-        timeout,
-        json_output,
-        budgets[0] if budgets else None,
-        flags.answer_tokens,
+    request = SolveRequest(
+        problem=problem,
+        file=file,
+        task=task,
+        check=check,
+        run=run,
+        tests=tests,
+        timeout=timeout,
+        out_path=out_path,
+        force=force,
+        limit=limit,
+        models=flags.models,
+        budgets=tuple(flags.budgets()),
+        answer_tokens=flags.answer_tokens,
+        parallel=flags.parallel,
     )
+    request.validate()
+    models, display = _FlagModels(flags), _Display(json_output, flags.answer_tokens)
+    if request.mode == "one":
+        solved = solve_one(request, models, display)
+        if json_output:
+            print_json(_solution_json(solved.solution, solved.model, solved.expected, solved.correct, solved.result))
+        else:
+            _show_answer(solved.solution, solved.expected, solved.correct, solved.result, solved.options)
+        code = exit_code(solved.solution, solved.correct, solved.result)
+        if code:
+            raise typer.Exit(code)
+        return
+    if request.mode == "sweep":
+        sweep = solve_sweep(request, models, display)
+        with _summary_output(out_path):
+            _show_sweep(sweep.model, sweep.points, sweep.interrupted, json_output)
+        if sweep.interrupted:
+            _exit_interrupted()
+        return
+    batches = solve_batches(request, models, display)
+    with _summary_output(out_path):
+        if len(request.models) <= 1:
+            _show_batch(batches.summaries[0], batches.interrupted, json_output)
+        else:
+            _show_comparison(batches.summaries, batches.problems, batches.interrupted, json_output)
+    batches.check_solved()
+    if batches.interrupted:
+        _exit_interrupted()
 
 
-def _solve_one(
-    engine: Backend,
-    text: str,
-    task: str,
-    options: SamplingOptions,
-    expected: str | None,
-    run: bool,
-    tests: str | None,
-    timeout: float,
-    json_output: bool,
-    budget: int | None = None,
-    answer_tokens: int | None = None,
-) -> None:
-    if json_output:
-        with _live_progress(None, task, options, budget, answer_tokens) as live:
-            solution = solve_problem(
-                engine, text, task, options, live.on_text, budget=budget, answer_tokens=answer_tokens
+@dataclass(frozen=True)
+class _FlagModels:
+    """The models --model and --endpoint name, loaded with a spinner and sampled as the flags say."""
+
+    flags: Flags
+
+    def load(self, model: str | None) -> Backend:
+        """Load `model` (None: the store's default), or connect to the --endpoint servers."""
+        return replace(self.flags, model=model).load_backend()
+
+    def sampling(self, backend: Backend) -> SamplingOptions:
+        """The model's defaults with the sampling flags given applied on top."""
+        return self.flags.sampling(backend)
+
+
+@dataclass(frozen=True)
+class _Display:
+    """How solve shows its work: the model line and a live status while a problem streams (JSON: status
+    only), a progress bar per batch, a heading per budget of a sweep."""
+
+    json_output: bool
+    answer_tokens: int | None
+
+    @contextmanager
+    def solving(
+        self, model: ModelIdentity, task: str, options: SamplingOptions, budget: int | None
+    ) -> Iterator[Callable[[str], None]]:
+        """The model line, then the streamed text and the status line."""
+        if not self.json_output:
+            budget_text = f" · budget {budget} tokens" if budget is not None else ""
+            err.print(
+                f"[dim]{escape(terminal_safe(_model_label(model)))} · task {task} · "
+                f"up to {options.max_tokens} tokens{budget_text}[/dim]",
+                highlight=False,
             )
-    else:
-        budget_text = f" · budget {budget} tokens" if budget is not None else ""
-        err.print(
-            f"[dim]{escape(terminal_safe(_model_label(engine.identity())))} · task {task} · "
-            f"up to {options.max_tokens} tokens{budget_text}[/dim]",
-            highlight=False,
+        text_console = None if self.json_output else out
+        with _live_progress(text_console, task, options, budget, self.answer_tokens) as live:
+            yield live.on_text
+
+    @contextmanager
+    def batch(self, model: ModelIdentity, target: Path, problems: int) -> Iterator[BatchListener]:
+        """A progress bar with the accuracy so far (transient with --json)."""
+        columns = (
+            TextColumn("solving"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[accuracy]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
         )
-        with _live_progress(out, task, options, budget, answer_tokens) as live:
-            solution = solve_problem(
-                engine, text, task, options, live.on_text, budget=budget, answer_tokens=answer_tokens
-            )
-    correct = is_correct(solution, expected) if expected is not None else None
-    result = run_solution(solution, tests, timeout) if run else None
-    if json_output:
-        print_json(_solution_json(solution, engine.identity(), expected, correct, result))
-    else:
-        _show_answer(solution, expected, correct, result, options)
-    code = exit_code(solution, correct, result)
-    if code:
-        raise typer.Exit(code)
+        with progress_bars(*columns, transient=self.json_output) as progress:
+            yield _BatchBar(progress, model, target, problems, self.json_output)
+
+    def sweep_budget(self, budget: int) -> None:
+        """The heading of one budget's batch."""
+        if not self.json_output:
+            err.print(f"[bold]budget {budget} tokens[/bold]", highlight=False)
+
+
+class _BatchBar:
+    """One model's batch on a progress bar, with a note where results were set aside, a problem failed or
+    was left out."""
+
+    def __init__(
+        self, progress: Progress, model: ModelIdentity, target: Path, problems: int, json_output: bool
+    ) -> None:
+        self.progress = progress
+        self.model = model
+        self.target = target
+        self.problems = problems
+        self.json_output = json_output
+        self.bar: TaskID | None = None  # shown once the results file is read, so a refused file leaves no bar
+
+    def note(self, message: str) -> None:
+        """A line above the bar."""
+        self.progress.console.print(message, soft_wrap=True, highlight=False)
+
+    def started(self, start: BatchStart) -> None:
+        """Say where the results go and what is resumed, then show the bar."""
+        already = start.already
+        if start.aside is not None:
+            aside, anew = escape(str(start.aside)), escape(str(self.target))
+            self.note(f"--force: the earlier results are now in {aside}; starting {anew} anew")
+        if not self.json_output:
+            failed = sum(record.failure is not None for record in already)
+            resumed = f" · resuming: {len(already)} of {self.problems} problems already there" if already else ""
+            resumed += f" ({failed} recorded as failed)" if failed else ""
+            model, target = escape(terminal_safe(self.model.model)), escape(str(self.target))
+            self.note(f"[dim]{model} · results in {target}{resumed}[/dim]")
+        graded = [record for record in already if record.correct is not None]
+        accuracy = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
+        self.bar = self.progress.add_task("solving", total=self.problems, completed=len(already), accuracy=accuracy)
+
+    def recorded(self, state: BatchProgress) -> None:
+        """Advance the bar; a failed record gets a note."""
+        failure = state.record.failure
+        if failure is not None:
+            self.note(f"[yellow]{escape(state.record.id)}: failed: {escape(failure)} (recorded; going on)[/yellow]")
+        assert self.bar is not None
+        self.progress.update(self.bar, completed=state.done, accuracy=_accuracy_text(state.correct, state.graded))
+
+    def skipped(self, problem: Problem, error: Exception) -> None:
+        """A note for a problem left out."""
+        self.note(f"[yellow]{escape(problem.id)}: not solved: {escape(str(error))}[/yellow]")
 
 
 def _live_progress(
@@ -339,55 +387,6 @@ def _show_run(result: SandboxResult) -> None:
         out.print(f"[bold red]failed:[/bold red] {escape(result.error)}", highlight=False)
 
 
-@dataclass(frozen=True)
-class _BatchJob:
-    """What every batch of one `solve --file PROBLEMS.jsonl` shares: the problems and how to solve and save them."""
-
-    flags: Flags
-    problems: list[Problem]
-    file: Path
-    out_path: Path | None
-    task: str
-    timeout: float
-    force: bool
-    json_output: bool
-
-
-def _solve_batches(job: _BatchJob) -> None:
-    """Solve the problems on each --model in turn (the store's default when none), then show the results."""
-    flags, problems, out_path, json_output = job.flags, job.problems, job.out_path, job.json_output
-    specs = flags.models or (None,)
-    budget = next(iter(flags.budgets()), None)
-    summaries: list[ModelSummary] = []
-    interrupted = False
-    for spec in specs:
-        engine = replace(flags, model=spec).load_backend()
-        identity = engine.identity()
-        target = _results_path(job.file, out_path, identity, several=len(specs) > 1)
-        if budget is not None and out_path is None:
-            target = budget_results_path(target, budget)
-        if any(summary.results == target for summary in summaries) and not is_stream(target):
-            raise InputError(f"two models would write to {target}; give them files with different names")
-        summary, _, interrupted = _solve_batch(job, engine, identity, target, budget, parallel=flags.parallel or 1)
-        summaries.append(summary)
-        del engine
-        if interrupted:
-            break
-    with _summary_output(out_path):
-        if len(specs) == 1:
-            _show_batch(summaries[0], interrupted, json_output)
-        else:
-            _show_comparison(summaries, len(problems), interrupted, json_output)
-    unsolved = sum(summary.problems - summary.total.problems for summary in summaries)
-    if unsolved and not interrupted:
-        raise InputError(
-            f"{unsolved} of {len(problems) * len(summaries)} problems not solved (see above); "
-            "every finished problem is saved: run the same command again to solve the rest"
-        )
-    if interrupted:
-        _exit_interrupted()
-
-
 def _summary_output(out_path: Path | None) -> AbstractContextManager[object]:
     """Where a batch's summary goes: stderr when the records stream to stdout (--out /dev/stdout), else stdout."""
     return redirect_stdout(sys.stderr) if out_path is not None and is_stdout(out_path) else nullcontext()
@@ -397,30 +396,6 @@ def _exit_interrupted() -> NoReturn:
     """After Ctrl-C stopped a batch: say that its finished problems are kept, and exit 130."""
     err.print("every finished problem is saved; run the same command again to resume", soft_wrap=True, highlight=False)
     raise typer.Exit(EXIT_INTERRUPTED)
-
-
-def _solve_sweep(job: _BatchJob) -> None:
-    """Solve the problems once per --budget (each in its own resumable file), then show accuracy against budget."""
-    flags, problems, json_output = job.flags, job.problems, job.json_output
-    if len(flags.models) > 1:
-        raise InputError("a budget sweep runs one --model; sweep the models one at a time")
-    engine = flags.load_backend()
-    identity = engine.identity()
-    base = _results_path(job.file, job.out_path, identity, several=False)
-    points: list[BudgetPoint] = []
-    interrupted = False
-    for budget in flags.budgets():
-        if not json_output:
-            err.print(f"[bold]budget {budget} tokens[/bold]", highlight=False)
-        target = base if is_stream(base) else budget_results_path(base, budget)
-        _, records, interrupted = _solve_batch(job, engine, identity, target, budget)
-        points.append(budget_point(budget, target, len(problems), records))
-        if interrupted:
-            break
-    with _summary_output(job.out_path):
-        _show_sweep(identity, points, interrupted, json_output)
-    if interrupted:
-        _exit_interrupted()
 
 
 def _show_sweep(model: ModelIdentity, points: list[BudgetPoint], interrupted: bool, json_output: bool) -> None:
@@ -447,93 +422,6 @@ def _show_sweep(model: ModelIdentity, points: list[BudgetPoint], interrupted: bo
         )
     )
     out.print(Text("\n".join(accuracy_chart(points))), highlight=False, soft_wrap=True)
-
-
-def _results_path(file: Path, out_path: Path | None, model: ModelIdentity, several: bool) -> Path:
-    """--out for one model (a stream takes every model's records); else a file per model named after it
-    (beside --out or the problems file)."""
-    if out_path is not None and (not several or is_stream(out_path)):
-        return out_path
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model.model.removesuffix(".gguf")).strip("-.") or "model"
-    if out_path is not None:
-        return out_path.with_name(f"{out_path.stem}-{name}{out_path.suffix or '.jsonl'}")
-    return file.with_name(f"{file.stem}-results-{name}.jsonl")
-
-
-def _solve_batch(
-    job: _BatchJob, engine: Backend, identity: ModelIdentity, target: Path, budget: int | None, parallel: int = 1
-) -> tuple[ModelSummary, list[BatchRecord], bool]:
-    """Run (or resume) one model's batch with a progress bar; returns its summary, its finished records and
-    whether Ctrl-C stopped it."""
-    problems, task, json_output = job.problems, job.task, job.json_output
-    options, answer_tokens = job.flags.sampling(engine), job.flags.answer_tokens
-    columns = (
-        TextColumn("solving"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[accuracy]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    already: list[BatchRecord] = []
-    written: list[BatchRecord] = []
-    interrupted = False
-    with progress_bars(*columns, transient=json_output) as progress:
-        bar: TaskID | None = None  # shown once the results file is read, so a refused file leaves no bar
-
-        def note(message: str) -> None:
-            progress.console.print(message, soft_wrap=True, highlight=False)
-
-        def started(start: BatchStart) -> None:
-            nonlocal bar
-            already.extend(start.already)
-            if start.aside is not None:
-                aside, anew = escape(str(start.aside)), escape(str(target))
-                note(f"--force: the earlier results are now in {aside}; starting {anew} anew")
-            if not json_output:
-                failed = sum(record.failure is not None for record in already)
-                resumed = f" · resuming: {len(already)} of {len(problems)} problems already there" if already else ""
-                resumed += f" ({failed} recorded as failed)" if failed else ""
-                note(f"[dim]{escape(terminal_safe(identity.model))} · results in {escape(str(target))}{resumed}[/dim]")
-            graded = [record for record in already if record.correct is not None]
-            accuracy = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
-            bar = progress.add_task("solving", total=len(problems), completed=len(already), accuracy=accuracy)
-
-        def advance(state: BatchProgress) -> None:
-            written.append(state.record)
-            failure = state.record.failure
-            if failure is not None:
-                note(f"[yellow]{escape(state.record.id)}: failed: {escape(failure)} (recorded; going on)[/yellow]")
-            assert bar is not None
-            progress.update(bar, completed=state.done, accuracy=_accuracy_text(state.correct, state.graded))
-
-        def skipped(problem: Problem, error: Exception) -> None:
-            note(f"[yellow]{escape(problem.id)}: not solved: {escape(str(error))}[/yellow]")
-
-        try:
-            records = run_batch(
-                engine,
-                problems,
-                target,
-                task=task,
-                options=options,
-                model=identity,
-                timeout=job.timeout,
-                parallel=parallel,
-                budget=budget,
-                answer_tokens=answer_tokens,
-                force=job.force,
-                on_start=started,
-                on_record=advance,
-                on_failure=skipped,
-            )
-        except KeyboardInterrupt:  # the file is what was saved (Ctrl-C may come between a write and its note)
-            interrupted = True
-            ids = {problem.id for problem in problems}
-            records = already + written if is_stream(target) else [r for r in read_results(target) if r.id in ids]
-    quant = summarize_header(engine.model.header).file_type if isinstance(engine, Engine) else None
-    return model_summary(identity, quant, target, len(problems), records), records, interrupted
 
 
 def _show_batch(summary: ModelSummary, interrupted: bool, json_output: bool) -> None:
