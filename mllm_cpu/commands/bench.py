@@ -16,6 +16,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from mllm_cpu.bench.draft import cost_rows, measured_note, prediction_rows, run_draft_bench
 from mllm_cpu.bench.endpoint import (
@@ -32,14 +33,22 @@ from mllm_cpu.bench.report import (
     fit_caption,
     fit_rows,
     render,
-    rich_table,
+    right_aligned,
     speed_table,
     write_report,
 )
 from mllm_cpu.bench.runner import BenchOptions, resolve_models, run_benchmark
 from mllm_cpu.bench.synthetic_models import parse_sizes
+from mllm_cpu.commands.console import (
+    RichConvertProgress,
+    conversion_bars,
+    err,
+    print_json,
+    print_table,
+    progress_bars,
+    table,
+)
 from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import RichConvertProgress, err, print_json, print_table, progress_bars
 from mllm_cpu.convert.atomic_file import ensure_writable_file
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
@@ -80,6 +89,13 @@ class RichBenchProgress(RichConvertProgress):
             self.progress.update(self.note_task, description=text)
 
 
+def rich_table(title: str, columns: list[str], rows: list[list[str]], *, note: str | None = None) -> Table:
+    """A rich table with llama-bench's right-aligned columns (and every numeric one)."""
+    return table(
+        title, columns, [list(row) for row in rows], caption=note, right=[c for c in columns if right_aligned(c)]
+    )
+
+
 def _emit(rendered: Callable[[], str], output_format: str | None, out_file: Path | None) -> bool:
     """Print a report in --json/--csv/--md on stdout (True: nothing else to show) or write it to --out."""
     if output_format and out_file is None:
@@ -103,8 +119,8 @@ def _bench_draft(draft: str, target: str, threads: str | None, repetitions: int,
     thread_count = int_list(threads, "-t/--threads")[0] if threads is not None else physical_cores()
     with err.status("measuring drafting") as status:
         run = run_draft_bench(
-            resolve_model(draft),
-            resolve_model(target),
+            resolve_model(draft, conversion_bars),
+            resolve_model(target, conversion_bars),
             thread_count,
             repetitions=repetitions,
             real_tokens=n_gen,
@@ -261,7 +277,7 @@ def bench(
         TimeElapsedColumn(),
     )
     with progress_bars(*columns, transient=True, refresh_per_second=2) as bars:
-        paths = resolve_models(models or [], sizes, levels, RichBenchProgress(bars))
+        paths = resolve_models(models or [], sizes, levels, RichBenchProgress(bars), conversion_bars)
     with progress_bars(*columns, transient=True, auto_refresh=False) as bars:
         run = run_benchmark(paths, options, RichBenchProgress(bars))
     if _emit(lambda: render(run, output_format or ""), output_format, out_file):

@@ -31,20 +31,21 @@ from mllm_cpu.batch import (
     read_results,
     run_batch,
 )
+from mllm_cpu.commands.console import err, out, print_json, print_table, progress_bars, table, terminal_safe
+from mllm_cpu.commands.live_progress import LiveProgress
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
-from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table, terminal_safe
+from mllm_cpu.commands.stream_display import printable
 from mllm_cpu.convert.atomic_file import ensure_writable_file
 from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG, InputError
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.engine import Engine, SamplingOptions, StopReason
 from mllm_cpu.identity import ModelIdentity
-from mllm_cpu.live_progress import LiveProgress
 from mllm_cpu.problems import Problem, load_problems, read_problem, read_tests
 from mllm_cpu.prompt_format import unicode_text
 from mllm_cpu.sandbox import SandboxResult
 from mllm_cpu.solver import AUTO_TASK, Solution, choose_task, is_correct, run_solution
 from mllm_cpu.solver import solve as solve_problem
-from mllm_cpu.stream_display import printable
 from mllm_cpu.sweep import BudgetPoint, accuracy_chart, budget_point, budget_results_path
 from mllm_cpu.tasks import get_preset
 
