@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,8 +256,10 @@ def compare(
     cli: bool = False,
     depth: int = 0,
     flash_attn: str = DEFAULT_FLASH_ATTN,
+    on_round: Callable[[str], None] = lambda line: None,
 ) -> Comparison:
-    """For each round and test, run both tools back to back, alternating which goes first.
+    """For each round and test, run both tools back to back, alternating which goes first; `on_round`
+    hears each round's numbers as one line.
 
     With `cli`, each round runs `mllm-cpu bench` and llama-bench once each, both tests in one process.
     """
@@ -286,7 +289,7 @@ def compare(
             f"{name} ours {comparison.ours[name][-1]:.2f} / llama-bench {comparison.llama_bench[name][-1]:.2f}"
             for name in comparison.ours
         )
-        print(f"round {round_index + 1}/{rounds}: {line}", file=sys.stderr, flush=True)
+        on_round(f"round {round_index + 1}/{rounds}: {line}")
     return comparison
 
 
@@ -331,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cli,
             args.n_depth,
             flash_attn,
+            lambda line: print(line, file=sys.stderr, flush=True),
         )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -86,17 +87,23 @@ def _parse(output: str, patterns: dict[str, re.Pattern[str]]) -> dict[str, float
 
 
 def compare(
-    binary: Path, reference: Path, levels: list[Path], text_path: Path | None, options: QualityOptions
+    binary: Path,
+    reference: Path,
+    levels: list[Path],
+    text_path: Path | None,
+    options: QualityOptions,
+    on_stage: Callable[[str], None] = lambda description: None,
 ) -> list[LevelComparison]:
     """Run both tools: llama-perplexity saves the reference's log-probabilities, then compares every
-    file with them, the reference included (its "Mean PPL(Q)" is the reference's perplexity)."""
+    file with them, the reference included (its "Mean PPL(Q)" is the reference's perplexity).
+    `on_stage` hears what our side measures now."""
     text = read_text(text_path)
     _, tokens, n_chunks = prepare(reference, levels, text, options)
     if n_chunks < 2 or n_chunks * (options.n_ctx - 1 - options.n_ctx // 2) < 100:
         raise InputError(
             f"{TOOL} needs at least 2 chunks and 100 scored tokens; give a longer --text or a smaller --ctx"
         )
-    run = run_quality(reference, levels, text, options, _Quiet())
+    run = run_quality(reference, levels, text, options, _Stages(on_stage))
     common = ["-c", str(options.n_ctx), "-b", str(options.n_ctx), "-t", str(options.thread_count)]
     with tempfile.TemporaryDirectory(prefix="mllm-cpu-ppl-") as scratch:
         text_file = Path(scratch) / "text.txt"
@@ -139,12 +146,17 @@ def _parsed_run(command: list[str], attempts: int = 3) -> dict[str, float]:
     return _parse(_run(command), _KL_STATS)
 
 
-class _Quiet:
+class _Stages:
+    """A QualityProgress that passes on only the stage descriptions."""
+
+    def __init__(self, on_stage: Callable[[str], None]) -> None:
+        self.on_stage = on_stage
+
     def begin(self, total_steps: int) -> None:
         pass
 
     def stage(self, description: str) -> None:
-        print(description, file=sys.stderr, flush=True)
+        self.on_stage(description)
 
     def advance(self) -> None:
         pass
@@ -175,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             binary = build_llama_tool(TOOL, "perplexity", args.source)
         if not binary.is_file():
             raise InputError(f"no {TOOL} at {binary}; run with --build (or give --llama-perplexity PATH)")
-        results = compare(binary, args.reference, args.levels, args.text, options)
+        results = compare(
+            binary,
+            args.reference,
+            args.levels,
+            args.text,
+            options,
+            lambda description: print(description, file=sys.stderr, flush=True),
+        )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

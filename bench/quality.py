@@ -54,7 +54,7 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import MIB
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.model_file import ModelFile, validate_model_file
-from mllm_cpu.store import resolve_model
+from mllm_cpu.store import ConversionDisplay, resolve_model
 
 from .boards import BOARDS, Board, fit_check, this_machine
 from .llama_session import (
@@ -634,9 +634,14 @@ _LOSSLESS = ("F32", "BF16", "F16")
 
 
 def resolve_sources(
-    sources: list[str], quant: str | None, reference: str | None, progress: ConvertProgress | None = None
+    sources: list[str],
+    quant: str | None,
+    reference: str | None,
+    progress: ConvertProgress | None = None,
+    display: ConversionDisplay | None = None,
 ) -> tuple[Path, list[Path]]:
-    """The reference file and the ladder's files.
+    """The reference file and the ladder's files (levels converted into the store shown by `progress`,
+    a checkpoint folder given as --reference by `display`).
 
     SOURCE is one checkpoint folder (its levels converted into the store, files already
     there reused; reference: the lossless level of its weights, or --reference f16/bf16/f32 or
@@ -649,12 +654,12 @@ def resolve_sources(
     if folders:
         if len(sources) > 1:
             raise InputError("give one checkpoint folder, or GGUF files (not both, not several folders)")
-        return _checkpoint_ladder(folders[0], quant, reference, progress)
-    paths = list(dict.fromkeys(resolve_model(spec) for spec in sources))
+        return _checkpoint_ladder(folders[0], quant, reference, progress, display)
+    paths = list(dict.fromkeys(resolve_model(spec, display) for spec in sources))
     if quant is not None:
         raise InputError("--quant applies to a checkpoint folder (GGUF files are measured as given)")
     if reference is not None and reference.lower() not in QUANT_LEVELS:
-        return resolve_model(reference), paths
+        return resolve_model(reference, display), paths
     types = {path: summarize_header(validate_model_file(path).header).file_type for path in paths}
     wanted = [reference.upper()] if reference is not None else list(_LOSSLESS)
     for label in wanted:
@@ -665,13 +670,17 @@ def resolve_sources(
 
 
 def _checkpoint_ladder(
-    folder: Path, quant: str | None, reference: str | None, progress: ConvertProgress | None
+    folder: Path,
+    quant: str | None,
+    reference: str | None,
+    progress: ConvertProgress | None,
+    display: ConversionDisplay | None,
 ) -> tuple[Path, list[Path]]:
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder}: not a checkpoint folder (no config.json)")
     levels = parse_quant_list(quant or LADDER)
     if reference is not None and reference.lower() not in QUANT_LEVELS:
-        return resolve_model(reference), stored_levels(folder, levels, progress)
+        return resolve_model(reference, display), stored_levels(folder, levels, progress)
     storage = load_checkpoint(folder).storage_dtype
     reference_level = QUANT_LEVELS[(reference or storage).lower()]
     if reference_level.label not in _LOSSLESS:

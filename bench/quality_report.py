@@ -8,8 +8,8 @@ import json
 import math
 from typing import Any
 
-from mllm_cpu.console import human_bytes
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import human_bytes
 
 from .quality import LevelQuality, QualityRun, Recommendation
 from .report import FORMATS, _markdown_table

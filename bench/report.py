@@ -1,4 +1,4 @@
-"""A benchmark run as a rich table (like llama-bench's), JSON, CSV or Markdown."""
+"""A benchmark run as table rows (like llama-bench's), JSON, CSV or Markdown."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
-from mllm_cpu.console import human_bytes, table
 from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import human_bytes
 
 from .llama_session import DEFAULT_BATCH, DEFAULT_FLASH_ATTN, DEFAULT_UBATCH
 from .results import BenchRun, ModelResult, SpeedResult
@@ -236,15 +234,9 @@ def fit_caption(run: BenchRun) -> str:
     return text
 
 
-def _right_aligned(column: str) -> bool:
+def right_aligned(column: str) -> bool:
+    """Whether llama-bench right-aligns `column` (the tables and Markdown follow it)."""
     return column in _RIGHT or column.endswith((" t/s", " % roofline"))
-
-
-def rich_table(title: str, columns: list[str], rows: list[list[str]], note: str | None = None) -> Table:
-    """A rich table with llama-bench's right-aligned columns (and every numeric one)."""
-    return table(
-        title, columns, [list(row) for row in rows], caption=note, right=[c for c in columns if _right_aligned(c)]
-    )
 
 
 def markdown(run: BenchRun) -> str:
@@ -267,7 +259,7 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
         return (
             "| "
             + " | ".join(
-                c.rjust(w) if _right_aligned(columns[i]) else c.ljust(w)
+                c.rjust(w) if right_aligned(columns[i]) else c.ljust(w)
                 for i, (c, w) in enumerate(zip(cells, widths, strict=False))
             )
             + " |"
@@ -276,7 +268,7 @@ def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     rule = (
         "| "
         + " | ".join(
-            ("-" * (w - 1) + ":") if _right_aligned(c) else "-" * w for c, w in zip(columns, widths, strict=False)
+            ("-" * (w - 1) + ":") if right_aligned(c) else "-" * w for c, w in zip(columns, widths, strict=False)
         )
         + " |"
     )

@@ -15,7 +15,7 @@ from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import comma_list
 from mllm_cpu.hardware import physical_cores
-from mllm_cpu.store import DEFAULT_QUANT, resolve_model
+from mllm_cpu.store import DEFAULT_QUANT, ConversionDisplay, resolve_model
 
 from .draft import DraftBench, run_draft_bench
 from .endpoint import EndpointRun, run_endpoint_benchmark
@@ -123,15 +123,16 @@ class LocalProgress(Protocol):
         """Progress of the measurements (see BenchProgress)."""
 
 
-def bench_local(request: BenchRequest, progress: LocalProgress) -> BenchRun:
-    """Measure the files and synthetic models of a validated request (synthetic ones converted once)."""
+def bench_local(request: BenchRequest, progress: LocalProgress, display: ConversionDisplay | None = None) -> BenchRun:
+    """Measure the files and synthetic models of a validated request (synthetic ones converted once;
+    a checkpoint folder converted once, shown by `display`)."""
     options = request.bench_options()
     if request.out_file is not None:
         ensure_writable_file(request.out_file, "--out")
     sizes = parse_sizes(request.synthetic) if request.synthetic is not None else []
     levels = parse_quant_list(request.quant or DEFAULT_QUANT)
     with progress.preparing() as preparing:
-        paths = resolve_models(list(request.models), sizes, levels, preparing)
+        paths = resolve_models(list(request.models), sizes, levels, preparing, display)
     with progress.measuring() as measuring:
         return run_benchmark(paths, options, measuring)
 
@@ -153,14 +154,16 @@ def bench_endpoints(request: BenchRequest, on_step: Callable[[str], None]) -> En
     )
 
 
-def bench_draft(request: BenchRequest, on_step: Callable[[str], None]) -> DraftBench:
+def bench_draft(
+    request: BenchRequest, on_step: Callable[[str], None], display: ConversionDisplay | None = None
+) -> DraftBench:
     """Decode costs of the --draft model and the target of a validated request, predicted and measured speed-up."""
     assert request.draft is not None
     real_tokens = int_list(request.n_gen, "-n/--n-gen")[0]
     threads = int_list(request.threads, "-t/--threads")[0] if request.threads is not None else physical_cores()
     return run_draft_bench(
-        resolve_model(request.draft),
-        resolve_model(request.models[0]),
+        resolve_model(request.draft, display),
+        resolve_model(request.models[0], display),
         threads,
         repetitions=request.repetitions,
         real_tokens=real_tokens,

@@ -18,7 +18,7 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import MIN_CONTEXT
 from mllm_cpu.hardware import logical_cores
 from mllm_cpu.model_file import ModelFile, validate_model_file
-from mllm_cpu.store import resolve_model
+from mllm_cpu.store import ConversionDisplay, resolve_model
 
 from .bandwidth import Bandwidth, measure_read_bandwidth
 from .boards import Board, fit_check, parse_board
@@ -112,10 +112,15 @@ class BenchOptions:
 
 
 def resolve_models(
-    specs: list[str], synthetic_sizes: list[str], levels: list[QuantLevel], progress: BenchProgress
+    specs: list[str],
+    synthetic_sizes: list[str],
+    levels: list[QuantLevel],
+    progress: BenchProgress,
+    display: ConversionDisplay | None = None,
 ) -> list[Path]:
-    """GGUF paths from files/store names, then the synthetic ones (converted once into the store)."""
-    paths = [resolve_model(spec) for spec in specs]
+    """GGUF paths from files/store names (a checkpoint folder converted once, shown by `display`),
+    then the synthetic ones (converted once into the store, shown by `progress`)."""
+    paths = [resolve_model(spec, display) for spec in specs]
     for path in paths:
         validate_model_file(path)
     if synthetic_sizes:

@@ -32,7 +32,7 @@ try:  # Ctrl-C while the libraries load is still an interruption, not a tracebac
     from typer import _click as click  # typer vendors click; its groups take these types
     from typer.core import TyperCommand, TyperGroup
 
-    from mllm_cpu.console import err
+    from mllm_cpu.commands.console import err
 except KeyboardInterrupt:
     sys.stderr.write("interrupted\n")
     sys.exit(EXIT_INTERRUPTED)

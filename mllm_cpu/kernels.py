@@ -243,8 +243,8 @@ class _ExtraBufferTypes:
             self._slots[index] = kept[index] if index < len(kept) else None
 
 
-def _probe() -> None:
-    """The child side of the AMX probe: one batched decode with AMX, then with it removed; print the difference."""
+def _probe() -> float:
+    """The child side of the AMX probe: one batched decode with AMX, then with it removed; their relative difference."""
     import numpy as np
 
     from mllm_cpu.convert.probe_model import write_probe_model
@@ -256,8 +256,7 @@ def _probe() -> None:
         buffer_types.remove(AMX)
         other_logits = _decode_probe(path)
     scale = float(np.abs(other_logits).max()) or 1.0
-    difference = float(np.abs(amx_logits - other_logits).max()) / scale
-    print(json.dumps({"relative_difference": difference}))
+    return float(np.abs(amx_logits - other_logits).max()) / scale
 
 
 def _decode_probe(path: Path) -> Any:
@@ -275,5 +274,5 @@ def _decode_probe(path: Path) -> Any:
 
 
 if __name__ == "__main__":
-    _probe()
+    print(json.dumps({"relative_difference": _probe()}))
     sys.exit(0)

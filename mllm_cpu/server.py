@@ -56,7 +56,7 @@ from mllm_cpu.request_checks import (
 )
 from mllm_cpu.sampling import FILE_FIELDS, SamplingOptions, sampling_defaults
 from mllm_cpu.solver import choose_task
-from mllm_cpu.store import resolve_model
+from mllm_cpu.store import ConversionDisplay, resolve_model
 from mllm_cpu.tasks import TaskPreset
 
 DEFAULT_HOST = "127.0.0.1"
@@ -123,13 +123,16 @@ class ServedModel:
         return int(self.vocab.n_vocab())
 
 
-def load_served_models(specs: list[str], n_ctx: int | None) -> list[ServedModel]:
-    """Resolve and validate each `--model` (store name, file or checkpoint folder); names must differ."""
+def load_served_models(
+    specs: list[str], n_ctx: int | None, display: ConversionDisplay | None = None
+) -> list[ServedModel]:
+    """Resolve and validate each `--model` (store name, file or checkpoint folder, its conversion shown by
+    `display`); names must differ."""
     import llama_cpp
 
     served: list[ServedModel] = []
     for spec in specs or [""]:
-        path = resolve_model(spec)
+        path = resolve_model(spec, display)
         model = validate_model_file(path)
         prepare_load(path)
         name = path.stem
@@ -757,13 +760,19 @@ class ServeOptions:
             )
 
 
-def serve(options: ServeOptions, announce: Callable[[str], None], warn: Callable[[str], None]) -> int:
-    """Load the models and serve until SIGTERM or Ctrl-C; returns the exit status (0, or 130 after Ctrl-C)."""
+def serve(
+    options: ServeOptions,
+    announce: Callable[[str], None],
+    warn: Callable[[str], None],
+    display: ConversionDisplay | None = None,
+) -> int:
+    """Load the models (a checkpoint folder's conversion shown by `display`) and serve until SIGTERM or
+    Ctrl-C; returns the exit status (0, or 130 after Ctrl-C)."""
     import uvicorn
 
     options.validate()
     warning = check_bind(options.host, options.api_key, options.insecure)
-    served = load_served_models(options.models, options.n_ctx)
+    served = load_served_models(options.models, options.n_ctx, display)
     guard = create_server_app(served, options.threads, options.api_key, options.queue)
     config = uvicorn.Config(
         guard,

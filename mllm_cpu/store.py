@@ -6,13 +6,13 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gguf
 import platformdirs
 
-from mllm_cpu.console import RichConvertProgress, convert_columns, err, progress_bars
 from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.core import gguf_keys
@@ -21,12 +21,29 @@ from mllm_cpu.core.origin import Origin
 from mllm_cpu.identity import file_fingerprint
 from mllm_cpu.model_file import ModelFile, validate_model_file
 
+if TYPE_CHECKING:
+    from mllm_cpu.convert.pipeline import ConvertProgress
+
 DEFAULT_QUANT = "q4_k_m"
 _QUANT_PREFERENCE = ("Q4_K_M", "Q4_0", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32")
 HOW_TO_GET_A_MODEL = (
     "no model found. Download one (e.g. `hf download facebook/MobileLLM-R1-950M --local-dir MobileLLM-R1-950M`), "
     "then run `mllm-cpu convert MobileLLM-R1-950M --store`; or try `mllm-cpu convert --synthetic 140m --store`"
 )
+
+
+class ConversionDisplay(Protocol):
+    """Shows the conversion of a checkpoint folder passed as --model (the CLI draws bars on stderr)."""
+
+    def __call__(self) -> AbstractContextManager[ConvertProgress]:
+        """Open the display for one conversion: its notes and files are reported to the progress it yields."""
+
+
+def _silent() -> AbstractContextManager[ConvertProgress]:
+    """The ConversionDisplay that shows nothing (the default)."""
+    from mllm_cpu.convert.pipeline import SilentProgress
+
+    return nullcontext(SilentProgress())
 
 
 def store_home() -> Path:
@@ -105,15 +122,16 @@ def remove_model(model: Path) -> None:
     origin_record(model).unlink(missing_ok=True)
 
 
-def resolve_model(spec: str | None) -> Path:
-    """A GGUF path from a file path, a store name, or an HF checkpoint folder (converted once)."""
+def resolve_model(spec: str | None, display: ConversionDisplay | None = None) -> Path:
+    """A GGUF path from a file path, a store name, or an HF checkpoint folder (converted once,
+    shown by `display`)."""
     if not spec:
         return default_model(stored_models())
     path = Path(spec).expanduser()
     if path.is_file():
         return path
     if checkpoint_folder(spec) is not None:
-        return _converted_once(path)
+        return _converted_once(path, display or _silent)
     if path.suffix == ".gguf" or os.sep in spec:
         raise InputError(f"{spec}: no such model file or checkpoint folder")
     models = stored_models()
@@ -171,7 +189,7 @@ def _preferred(models: list[Path]) -> Path:
     return min(models, key=lambda path: (_quant_rank(path.stem.rsplit("-", 1)[-1].upper()), path.name))
 
 
-def _converted_once(folder: Path) -> Path:
+def _converted_once(folder: Path, display: ConversionDisplay) -> Path:
     """Convert an HF folder to the default quant once, or reuse that conversion.
 
     Conversions are kept in `converted_dir()/FINGERPRINT/`, keyed by the checkpoint's
@@ -183,15 +201,12 @@ def _converted_once(folder: Path) -> Path:
         return cached
     fingerprint = checkpoint_fingerprint(folder)
     entry = converted_dir() / fingerprint
-    for old in _entries_of(folder):
-        shutil.rmtree(old, ignore_errors=True)
-        err.print(
-            f"{folder} changed since it was converted; removed the old conversion {old}",
-            soft_wrap=True,
-            highlight=False,
-        )
-    err.print(f"converting {folder} to {DEFAULT_QUANT.upper()} once (kept in {entry})", soft_wrap=True, highlight=False)
-    target = convert_for_run(folder, entry)
+    with display() as progress:
+        for old in _entries_of(folder):
+            shutil.rmtree(old, ignore_errors=True)
+            progress.message(f"{folder} changed since it was converted; removed the old conversion {old}")
+        progress.message(f"converting {folder} to {DEFAULT_QUANT.upper()} once (kept in {entry})")
+        target = convert_for_run(folder, entry, progress)
     with atomic_output(entry / _SOURCE_RECORD) as temporary:
         temporary.write_text(json.dumps({"folder": str(folder.resolve()), "fingerprint": fingerprint}) + "\n")
     return target
@@ -232,15 +247,12 @@ def cached_conversion(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def convert_for_run(folder: Path, outdir: Path) -> Path:
-    """Convert `folder` to the default quant level in `outdir`, with progress bars on stderr."""
+def convert_for_run(folder: Path, outdir: Path, progress: ConvertProgress | None = None) -> Path:
+    """Convert `folder` to the default quant level in `outdir`, reporting to `progress`."""
     from mllm_cpu.convert.pipeline import convert_checkpoint
     from mllm_cpu.convert.quant_types import QUANT_LEVELS
 
-    with progress_bars(*convert_columns()) as bars:
-        [converted] = convert_checkpoint(
-            folder, [QUANT_LEVELS[DEFAULT_QUANT]], outdir, progress=RichConvertProgress(bars)
-        )
+    [converted] = convert_checkpoint(folder, [QUANT_LEVELS[DEFAULT_QUANT]], outdir, progress=progress)
     return converted.summary.path
 
 

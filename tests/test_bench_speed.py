@@ -30,6 +30,7 @@ from mllm_cpu.bench.speed import (
     time_to_first_token,
 )
 from mllm_cpu.bench.streaming_overhead import measure_streaming_overhead
+from mllm_cpu.commands.streaming_overhead import text_display
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine
 from mllm_cpu.sampling import SamplingOptions
@@ -159,7 +160,8 @@ def test_streaming_is_compared_with_bench_at_the_prompts_depth(
     prompt = engine.render_chat(problem_messages("What is 2 + 3?", get_preset("math")))
     console = Console(file=io.StringIO(), force_terminal=True)
     options = SamplingOptions(temperature=0.0, max_tokens=8, logit_bias=dict.fromkeys(engine.stop_ids, -100.0))
-    result = measure_streaming_overhead(engine, prompt, options, console, runs=1, bench_model=tiny_model)
+    display = text_display(console, options.max_tokens)
+    result = measure_streaming_overhead(engine, prompt, options, display, runs=1, bench_model=tiny_model)
     assert result.depth == len(engine.tokenize(prompt)) > 20
     assert result.plain_tokens_per_second > 0 and result.streamed_tokens_per_second > 0
     assert result.versus_bench is not None and result.versus_bench > 0

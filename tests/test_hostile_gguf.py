@@ -24,7 +24,7 @@ import pytest
 
 from cli_runner import MLLM_CPU, error_lines, files_in
 from llama_cpp_sources import convert_with_llama_cpp
-from mllm_cpu.console import terminal_safe
+from mllm_cpu.commands.console import terminal_safe
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list

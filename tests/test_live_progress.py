@@ -8,7 +8,7 @@ import random
 import pyte
 from rich.console import Console
 
-from mllm_cpu.live_progress import LiveProgress
+from mllm_cpu.commands.live_progress import LiveProgress
 
 WIDTH, HEIGHT = 100, 12
 

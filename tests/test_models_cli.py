@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import MLLM_CPU, run_cli
-from mllm_cpu.console import print_table, table
+from mllm_cpu.commands.console import print_table, table
 from mllm_cpu.model_info import describe_model, store_listing
 from small_gguf import write_small_gguf
 

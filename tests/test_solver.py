@@ -9,11 +9,11 @@ from rich.console import Console
 
 from forcing import forcing_options
 from mllm_cpu.answers import extract_answer
+from mllm_cpu.commands.stream_display import TerminalStream, printable
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine
 from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import Solution, choose_task, is_correct, problem_messages, run_solution, solve
-from mllm_cpu.stream_display import TerminalStream, printable
 from mllm_cpu.tasks import get_preset
 
 

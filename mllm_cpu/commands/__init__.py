@@ -1,1 +1,1 @@
-"""The typer commands, one module per command group."""
+"""The command layer: the typer commands, one module per command group, and the terminal output they share."""

@@ -17,16 +17,25 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from mllm_cpu.bench.draft import DraftBench, cost_rows, measured_note, prediction_rows
 from mllm_cpu.bench.endpoint import EndpointRun, endpoint_caption, endpoint_rows, render_endpoint
 from mllm_cpu.bench.llama_session import DEFAULT_FLASH_ATTN, RUNTIME_FLASH_ATTN
-from mllm_cpu.bench.report import caption, fit_caption, fit_rows, render, rich_table, speed_table, write_report
+from mllm_cpu.bench.report import caption, fit_caption, fit_rows, render, right_aligned, speed_table, write_report
 from mllm_cpu.bench.request import BenchRequest, bench_draft, bench_endpoints, bench_local
 from mllm_cpu.bench.results import BenchRun
 from mllm_cpu.bench.runner import BenchProgress
+from mllm_cpu.commands.console import (
+    RichConvertProgress,
+    conversion_bars,
+    err,
+    print_json,
+    print_table,
+    progress_bars,
+    table,
+)
 from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import RichConvertProgress, err, print_json, print_table, progress_bars
 from mllm_cpu.store import DEFAULT_QUANT
 
 
@@ -60,6 +69,13 @@ class RichBenchProgress(RichConvertProgress):
             self.note_task = self.progress.add_task(text, total=None)
         else:
             self.progress.update(self.note_task, description=text)
+
+
+def rich_table(title: str, columns: list[str], rows: list[list[str]], *, note: str | None = None) -> Table:
+    """A rich table with llama-bench's right-aligned columns (and every numeric one)."""
+    return table(
+        title, columns, [list(row) for row in rows], caption=note, right=[c for c in columns if right_aligned(c)]
+    )
 
 
 class _BenchBars:
@@ -221,11 +237,13 @@ def bench(
     request.validate()
     if request.mode == "draft":
         with err.status("measuring drafting") as status:
-            draft_run = bench_draft(request, on_step=lambda text: status.update(f"measuring {text}"))
+            draft_run = bench_draft(
+                request, on_step=lambda text: status.update(f"measuring {text}"), display=conversion_bars
+            )
         _report_draft(draft_run, json_output)
     elif request.mode == "endpoint":
         with err.status("measuring") as status:
             endpoint_run = bench_endpoints(request, on_step=lambda text: status.update(f"measuring {text}"))
         _report_endpoints(endpoint_run, request.output_format(), out_file)
     else:
-        _report_local(bench_local(request, _BenchBars()), ctx, request.output_format(), out_file)
+        _report_local(bench_local(request, _BenchBars(), conversion_bars), ctx, request.output_format(), out_file)

@@ -10,15 +10,15 @@ import typer
 from rich.markup import escape
 
 from mllm_cpu.budget import ThinkingBudget
+from mllm_cpu.commands.console import err, out, terminal_safe
 from mllm_cpu.commands.options import OPTIONS, Flags, with_options
-from mllm_cpu.console import err, out, terminal_safe
+from mllm_cpu.commands.stream_display import TerminalStream
 from mllm_cpu.conversation import MESSAGE_LIMIT, Conversation, Reply, run_command
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.user_files import decode_utf8, limited_lines
 from mllm_cpu.engine import StopReason
 from mllm_cpu.prompt_format import unicode_text
 from mllm_cpu.store import store_home
-from mllm_cpu.stream_display import TerminalStream
 from mllm_cpu.tasks import get_preset
 
 HISTORY_FILE = "chat_history"

@@ -9,22 +9,22 @@ from typing import Annotated, Any
 
 import typer
 
-from mllm_cpu.commands.options import OPTIONS
-from mllm_cpu.console import (
+from mllm_cpu.commands.console import (
     RichConvertProgress,
     convert_columns,
     err,
-    human_bytes,
     print_json,
     print_table,
     progress_bars,
     table,
 )
+from mllm_cpu.commands.options import OPTIONS
 from mllm_cpu.convert.atomic_file import check_file_name, check_path_text, output_folder
 from mllm_cpu.convert.pipeline import ConvertedFile, convert_checkpoint
 from mllm_cpu.convert.quant_types import DEFAULT_QUANTS, parse_embedding_type, parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError, terminate_as_interrupt
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.store import checkpoints_dir, models_dir
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from mllm_cpu.bench.machine import machine_info, package_versions
-from mllm_cpu.console import human_bytes, print_json, print_table, table
+from mllm_cpu.commands.console import print_json, print_table, table
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.kernels import AMX, prepare_kernels
 
 

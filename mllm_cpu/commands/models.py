@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mllm_cpu.console import err, human_bytes, print_json, print_table, table, terminal_safe
+from mllm_cpu.commands.console import conversion_bars, err, print_json, print_table, table, terminal_safe
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.model_info import ModelDetails, describe_model, store_listing
 from mllm_cpu.store import (
     HOW_TO_GET_A_MODEL,
@@ -68,7 +69,9 @@ def info(
     folder = checkpoint_folder(model)
     if folder is not None and cached_conversion(folder) is None:
         with tempfile.TemporaryDirectory(prefix="mllm-cpu-info-") as temporary:
-            details = describe_model(convert_for_run(folder, Path(temporary)))
+            with conversion_bars() as progress:
+                converted = convert_for_run(folder, Path(temporary), progress)
+            details = describe_model(converted)
         err.print(
             f"converted to a temporary file, now removed; `mllm-cpu solve --model {escape(terminal_safe(folder))}` "
             "converts once and keeps it",
@@ -76,7 +79,7 @@ def info(
             highlight=False,
         )
     else:
-        details = describe_model(resolve_model(model))
+        details = describe_model(resolve_model(model, conversion_bars))
     if json_output:
         print_json(details.to_dict())
         return

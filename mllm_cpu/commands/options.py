@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from mllm_cpu.backend import Backend
-from mllm_cpu.console import err
+from mllm_cpu.commands.console import conversion_bars, err
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import comma_list
 from mllm_cpu.endpoint import API_KEY_ENV, ENDPOINT_ENV, EndpointBackend
@@ -200,10 +200,10 @@ class Flags:
         return self
 
     def load_engine(self) -> Engine:
-        """Resolve `--model` and load it, with a spinner on stderr."""
-        path = resolve_model(self.model)
+        """Resolve `--model` (a checkpoint folder's conversion shown on stderr) and load it, with a spinner."""
+        path = resolve_model(self.model, conversion_bars)
         with err.status(f"loading {path.name}"):
-            draft = resolve_model(self.draft) if self.draft is not None else None
+            draft = resolve_model(self.draft, conversion_bars) if self.draft is not None else None
             return Engine(path, n_ctx=self.ctx, threads=self.threads, draft=draft, lookup=self.lookup)
 
     def budgets(self) -> list[int]:

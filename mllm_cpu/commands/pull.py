@@ -7,18 +7,18 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mllm_cpu.console import (
+from mllm_cpu.commands.console import (
     RichConvertProgress,
     RichDownloads,
     convert_columns,
     err,
-    human_bytes,
     print_json,
     print_table,
     progress_bars,
     table,
 )
 from mllm_cpu.convert.quant_types import parse_quant_list
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.hub import parse_repo
 from mllm_cpu.hub import pull as pull_model
 from mllm_cpu.store import DEFAULT_QUANT

@@ -9,10 +9,10 @@ import typer
 
 from mllm_cpu.bench.quality import LADDER, QualityOptions, read_text, resolve_sources, run_quality
 from mllm_cpu.bench.quality_report import caption, chart, level_rows, recommendation_lines, render
-from mllm_cpu.bench.report import chosen_format, rich_table, write_report
-from mllm_cpu.commands.bench import RichBenchProgress
+from mllm_cpu.bench.report import chosen_format, write_report
+from mllm_cpu.commands.bench import RichBenchProgress, rich_table
+from mllm_cpu.commands.console import conversion_bars, convert_columns, err, out, print_table, progress_bars
 from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import convert_columns, err, out, print_table, progress_bars
 from mllm_cpu.core.errors import InputError
 
 
@@ -52,7 +52,7 @@ def quality(
     evaluation = read_text(text)
     with progress_bars(*convert_columns(), transient=True, refresh_per_second=2) as bars:
         progress = RichBenchProgress(bars)
-        reference_path, levels = resolve_sources(sources, quant, reference, progress)
+        reference_path, levels = resolve_sources(sources, quant, reference, progress, conversion_bars)
         run = run_quality(reference_path, levels, evaluation, options, progress)
     if output_format:
         rendered = render(run, output_format)

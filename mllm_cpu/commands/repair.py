@@ -10,10 +10,9 @@ from typing import Annotated, Any
 import gguf
 import typer
 
-from mllm_cpu.console import (
+from mllm_cpu.commands.console import (
     RichConvertProgress,
     convert_columns,
-    human_bytes,
     out,
     print_json,
     print_table,
@@ -25,6 +24,7 @@ from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary, summarize_header
 from mllm_cpu.convert.repair import llama4_expert_count, refuse_relabelled, repair_gguf
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.model_file import validate_header, validate_model_file
 from mllm_cpu.store import models_dir
 

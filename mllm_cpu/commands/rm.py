@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mllm_cpu.console import out, print_json
+from mllm_cpu.commands.console import out, print_json
 from mllm_cpu.store import find_stored, remove_model
 
 

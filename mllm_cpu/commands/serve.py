@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from mllm_cpu.commands.console import conversion_bars, err
 from mllm_cpu.commands.options import Flags, with_options
-from mllm_cpu.console import err
 from mllm_cpu.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, ServeOptions
 from mllm_cpu.server import serve as run_server
 
@@ -49,5 +49,6 @@ def serve(
         options,
         announce=lambda line: err.print(escape(line), highlight=False, soft_wrap=True),
         warn=lambda line: err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True),
+        display=conversion_bars,
     )
     raise typer.Exit(code)

@@ -27,18 +27,27 @@ from rich.text import Text
 
 from mllm_cpu.backend import Backend
 from mllm_cpu.batch import DEFAULT_TIMEOUT, BatchProgress, BatchStart, ModelSummary, is_stdout
+from mllm_cpu.commands.console import (
+    err,
+    out,
+    print_json,
+    print_table,
+    progress_bars,
+    table,
+    terminal_safe,
+)
+from mllm_cpu.commands.live_progress import LiveProgress
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
-from mllm_cpu.console import err, human_bytes, out, print_json, print_table, progress_bars, table, terminal_safe
+from mllm_cpu.commands.stream_display import printable
 from mllm_cpu.core.errors import EXIT_INTERRUPTED, EXIT_WRONG
+from mllm_cpu.core.values import human_bytes
 from mllm_cpu.engine import StopReason
 from mllm_cpu.identity import ModelIdentity
-from mllm_cpu.live_progress import LiveProgress
 from mllm_cpu.problems import Problem
 from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.sandbox import SandboxResult
 from mllm_cpu.solve_request import BatchListener, SolveRequest, solve_batches, solve_one, solve_sweep
 from mllm_cpu.solver import AUTO_TASK, Solution
-from mllm_cpu.stream_display import printable
 from mllm_cpu.sweep import BudgetPoint, accuracy_chart
 from mllm_cpu.tasks import get_preset
 

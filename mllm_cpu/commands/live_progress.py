@@ -18,7 +18,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from mllm_cpu.stream_display import DEFAULT_INTERVAL_S, TerminalStream, printable
+from mllm_cpu.commands.stream_display import DEFAULT_INTERVAL_S, TerminalStream, printable
 
 STATUS_INTERVAL_S = 0.1
 

@@ -1,4 +1,4 @@
-"""Shared terminal output: results on stdout, progress and notes on stderr."""
+"""The commands' terminal output: results on stdout, progress and notes on stderr (nothing else prints)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,13 @@ def convert_columns(*, downloads: bool = False) -> tuple[ProgressColumn, ...]:
     return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn())
 
 
+@contextmanager
+def conversion_bars() -> Iterator[RichConvertProgress]:
+    """Bars on stderr for one conversion, e.g. of a checkpoint folder given as --model (a `store.ConversionDisplay`)."""
+    with progress_bars(*convert_columns()) as bars:
+        yield RichConvertProgress(bars)
+
+
 def terminal_safe(text: object) -> str:
     """`text` (from a file's metadata, a file name, a server) fit for one line of a terminal.
 
@@ -173,12 +180,3 @@ def print_table(result: Table) -> None:
     natural = Measurement.get(out, out.options.update_width(_UNBOUNDED), result).maximum
     width = max(out.width, natural, len(str(result.caption or "")))
     Console(file=out.file, width=width, color_system=None).print(result)
-
-
-def human_bytes(count: float) -> str:
-    """1536 -> "1.50 KiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
-        count /= 1024
-    return f"{count:.2f} GiB"
