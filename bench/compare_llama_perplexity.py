@@ -162,10 +162,6 @@ class _Stages:
         pass
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: compare on a reference and level files; print both tools' numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -280,11 +280,6 @@ def to_json(run: BenchRun) -> str:
     return json.dumps(run.to_dict(), indent=2, ensure_ascii=False)
 
 
-def from_json(text: str) -> BenchRun:
-    """A run written by `to_json`."""
-    return BenchRun.from_dict(json.loads(text))
-
-
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split()]
 

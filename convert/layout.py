@@ -195,19 +195,3 @@ def match_layout(
 def hf_tensor_shapes(dims: Dims, *, tied: bool) -> dict[str, tuple[int, ...]]:
     """The tensor names and shapes of a MobileLLM-R1 HF checkpoint, in checkpoint order."""
     return {t.hf_name: t.shape for t in tensor_layout(dims, tied=tied) if t.hf_name is not None}
-
-
-def gguf_tensor_shapes(
-    n_layer: int,
-    n_embd: int,
-    n_head: int,
-    n_head_kv: int,
-    head_dim: int,
-    n_ff: int,
-    n_vocab: int,
-    *,
-    tied: bool,
-) -> dict[str, tuple[int, ...]]:
-    """GGUF tensor name -> shape in ggml order, for every tensor the qwen3 graph reads."""
-    dims = ModelDims(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab)
-    return {t.gguf_name: t.ggml_shape for t in tensor_layout(dims, tied=tied)}

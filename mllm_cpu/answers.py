@@ -6,9 +6,6 @@ import re
 import threading
 from dataclasses import dataclass
 
-from math_verify import parse, verify
-from math_verify.errors import TimeoutException
-
 from .tasks import AnswerKind, TaskPreset
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
@@ -139,9 +136,13 @@ def answers_match(predicted: str, expected: str) -> bool:
 
     Never raises: anything math-verify cannot parse or compare is a mismatch.
     Comparisons are time-limited in the main thread only (math-verify uses SIGALRM).
+    math-verify (and sympy under it) is imported here, when an answer is first checked.
     """
     if not predicted.strip() or not expected.strip():
         return False
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
     limit = _MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     try:
         gold = parse(_as_latex(expected), parsing_timeout=limit)

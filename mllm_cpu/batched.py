@@ -390,24 +390,6 @@ class BatchedEngine:
         )
         return self.run(request, on_text).generation
 
-    def chat_with_budget(
-        self,
-        messages: list[Message],
-        preset: TaskPreset,
-        limits: ThinkingBudget,
-        options: SamplingOptions,
-        on_text: Callable[[str], None] | None = None,
-    ) -> BudgetedGeneration:
-        """A reply under a thinking budget, as `budget.generate_with_budget` makes it."""
-        if limits.tokens < 1 or limits.answer_tokens < 1:
-            raise InputError("a thinking budget needs at least one reasoning and one answer token")
-        request = BatchRequest(
-            self.tokenize(self.render_chat(messages)), options, self.prompt_format.stop_texts, limits, preset
-        )
-        finished = self.run(request, on_text)
-        assert finished.budgeted is not None
-        return finished.budgeted
-
     def run(self, request: BatchRequest, on_text: Callable[[str], None] | None = None) -> Finished:
         """Submit `request` and wait for it, passing its text to `on_text`; Ctrl-C (or an error in
         `on_text`) cancels the sequence. Raises EngineFailed when it fails."""

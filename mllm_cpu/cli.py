@@ -1,8 +1,9 @@
 """The `mllm-cpu` command line: a thin typer layer over the package's functions.
 
 Each command's module is imported only when that command runs (or shows its own help), so
-`mllm-cpu --help`, `models` or `rm` start without llama.cpp, the HTTP clients or sympy; the
-command list in the top-level help reads each command's docstring from its source.
+`mllm-cpu --help`, `models`, `info FILE` or `rm` start without llama.cpp, the HTTP clients or
+sympy (tests/test_imports.py checks it); the command list in the top-level help reads each
+command's docstring from its source.
 """
 
 from __future__ import annotations

@@ -162,7 +162,6 @@ class Engine:
             if header.get(key) is not None
         }
         self.prompt_format = PromptFormat(header, self.llama)
-        self.chat_template = self.prompt_format.chat_template
         self._identity: ModelIdentity | None = None
         self.token_filter: TokenFilter | None = None
         """Wraps every generation's token stream (given the prompt's tokens): the server counts usage with it."""

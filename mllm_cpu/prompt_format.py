@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import functools
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
@@ -419,23 +423,51 @@ class _BoundLoops(NodeTransformer):
 _SIZED_BINOPS = frozenset({"+", "*", "%", "**"})
 
 
+class _IgnoreGenerationTags(Extension):
+    """HuggingFace's `{% generation %}` tag, passed through as Jinja2ChatFormatter's extension does."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """Jinja2ChatFormatter's (and transformers') `tojson` filter: non-ASCII text is kept as it is."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(pattern: str) -> str:
+    """The `strftime_now` global templates may call, as Jinja2ChatFormatter passes it."""
+    return datetime.now().strftime(pattern)
+
+
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """llama-cpp-python's chat-template environment (Jinja2ChatFormatter's settings) with the bounds."""
+    """llama-cpp-python's chat-template environment (Jinja2ChatFormatter's settings) with the bounds.
+
+    Its `generation` tag, `tojson` and `strftime_now` are written out here, so that validating a
+    file's templates (`models`, `info`) needs no llama.cpp; tests compare renderings with it.
+    """
 
     intercepted_binops = _SIZED_BINOPS
 
     def __init__(self) -> None:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         super().__init__(
             loader=jinja2.BaseLoader(),
             trim_blocks=True,
             lstrip_blocks=True,
-            extensions=[Jinja2ChatFormatter.IgnoreGenerationTags, jinja2.ext.loopcontrols],
+            extensions=[_IgnoreGenerationTags, loopcontrols],
             optimized=False,  # no constant folding: a template's expressions are never evaluated at compile time
             finalize=_output_value,
         )
-        self.filters["tojson"] = Jinja2ChatFormatter.tojson
+        self.filters["tojson"] = _tojson
         self.filters = {name: _bounded_filter(name, function) for name, function in self.filters.items()}
         self.filters["mllm_loop_items"] = _loop_items
         self.filters["mllm_measured"] = _measured
@@ -492,7 +524,6 @@ def _compile(template: Any, where: str) -> jinja2.Template:
 
 def _render(template: jinja2.Template, messages: list[Message], eos: str, bos: str, where: str) -> str:
     """Render as llama-cpp-python's Jinja2ChatFormatter does, streamed and within the bounds."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     def raise_exception(message: str) -> None:
         raise ValueError(message)
@@ -513,7 +544,7 @@ def _render(template: jinja2.Template, messages: list[Message], eos: str, bos: s
             function_call=None,
             tools=None,
             tool_choice=None,
-            strftime_now=Jinja2ChatFormatter.strftime_now,
+            strftime_now=_strftime_now,
         ):
             written += len(piece)
             if written > budget.max_size:

@@ -407,11 +407,6 @@ class Runner:
         """Sequences sent and not yet finished."""
         return len(self._streams)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing is in flight; False when `timeout` seconds passed first."""
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._streams, timeout=timeout)
-
     def close(self) -> None:
         """Stop the child (in-flight sequences end as failed) and wait for it."""
         with self._condition:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import TINY, build_checkpoint
+from helpers.checkpoints import TINY, build_checkpoint
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint

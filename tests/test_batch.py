@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cli_runner import MLLM_CPU, run_cli
-from forcing import forcing_options
+from helpers.cli_runner import MLLM_CPU, run_cli
+from helpers.forcing import forcing_options
 from mllm_cpu.batch import TIMING_FIELDS, BatchProgress, BatchRecord, read_results, run_batch, summarize
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine

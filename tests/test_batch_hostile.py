@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import pytest
 
-from cli_runner import MLLM_CPU
+from helpers.cli_runner import MLLM_CPU
 from mllm_cpu.batch import NotResumable, read_results
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import TINY_GQA2, build_checkpoint
-from cli_runner import run_cli
+from helpers.checkpoints import TINY_GQA2, build_checkpoint
+from helpers.cli_runner import run_cli
 from mllm_cpu.batch import BatchSettings, NotResumable, read_results, run_batch
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arithmetic_task import EOT, MATH, converted_pair, problems, render_prompt
+from helpers.arithmetic_task import EOT, MATH, converted_pair, problems, render_prompt
 from mllm_cpu.answers import extract_answer
 from mllm_cpu.batched import BatchedEngine, BatchRequest, Failed, Finished, Piece, Stream
 from mllm_cpu.budget import ThinkingBudget, generate_with_budget

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import error_lines, run_cli
+from helpers.cli_runner import error_lines, run_cli
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from mllm_cpu.bench.llama_session import ContextSettings, loaded_model, open_con
 from mllm_cpu.bench.memory import measure_memory
 from mllm_cpu.bench.roofline import bytes_per_token
 from mllm_cpu.convert.gguf_header import read_gguf_header
-from mllm_cpu.convert.layout import gguf_tensor_shapes, hf_tensor_shapes
+from mllm_cpu.convert.layout import ModelDims, hf_tensor_shapes, tensor_layout
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import synthetic_spec, write_synthetic_checkpoint
@@ -39,7 +39,8 @@ def gguf_140m(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_synthetic_140m_gguf_has_the_exact_shapes_and_parameters(gguf_140m: Path) -> None:
     n_layer, n_head, n_head_kv, dim, ffn, parameters = TABLE["140m"]
     header = read_gguf_header(gguf_140m)
-    expected = gguf_tensor_shapes(n_layer, dim, n_head, n_head_kv, HEAD_DIM, ffn, VOCAB, tied=True)
+    dims = ModelDims(n_layer, dim, n_head, n_head_kv, HEAD_DIM, ffn, VOCAB)
+    expected = {t.gguf_name: t.ggml_shape for t in tensor_layout(dims, tied=True)}
     assert {t.name: t.shape for t in header.tensors} == expected
     assert sum(t.n_elements for t in header.tensors) == parameters
     with loaded_model(gguf_140m) as model:

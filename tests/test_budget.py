@@ -16,9 +16,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from arithmetic_task import MATH, converted_pair, problems, trained_pair, write_problems
-from checkpoints import EOS_IDS, load_reference_model
-from cli_runner import MLLM_CPU, run_cli
+from helpers.arithmetic_task import MATH, converted_pair, problems, trained_pair, write_problems
+from helpers.checkpoints import EOS_IDS, load_reference_model
+from helpers.cli_runner import MLLM_CPU, run_cli
 from mllm_cpu.answers import answers_match, extract_boxed
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list

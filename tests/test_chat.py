@@ -10,8 +10,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from cli_runner import MLLM_CPU, run_cli
-from forcing import forcing_options
+from helpers.cli_runner import MLLM_CPU, run_cli
+from helpers.forcing import forcing_options
 from mllm_cpu.conversation import HELP_TEXT, Conversation, run_command
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine

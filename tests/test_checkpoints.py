@@ -12,7 +12,7 @@ from safetensors import safe_open
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import AutoConfig, AutoTokenizer, Llama4ForCausalLM
 
-from checkpoints import (
+from helpers.checkpoints import (
     BOS_ID,
     EOM_ID,
     EOS_IDS,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import TINY, build_checkpoint
-from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.checkpoints import TINY, build_checkpoint
+from helpers.cli_runner import MLLM_CPU, error_lines, files_in, run_cli
 from mllm_cpu.convert.pipeline import SilentProgress, convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 

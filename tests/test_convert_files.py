@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from checkpoints import BOS_ID, EOM_ID, EOT_ID, TINY_GQA2, TOKENIZER_CORPUS, build_checkpoint, load_tokenizer
+from helpers.checkpoints import BOS_ID, EOM_ID, EOT_ID, TINY_GQA2, TOKENIZER_CORPUS, build_checkpoint, load_tokenizer
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary
 from mllm_cpu.convert.layout import hf_tensor_shapes

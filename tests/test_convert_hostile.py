@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.cli_runner import MLLM_CPU, error_lines, files_in, run_cli
 from mllm_cpu.convert.checkpoint_files import FILE_LIMITS, MAX_JSON_DEPTH
 from mllm_cpu.convert.model_spec import DIMENSION_LIMITS
 from mllm_cpu.convert.safetensors_reader import HEADER_LIMIT

@@ -9,9 +9,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-from checkpoints import TINY_UNTIED, build_checkpoint
+from helpers.checkpoints import TINY_UNTIED, build_checkpoint
 from mllm_cpu.convert.gguf_header import read_gguf_header
-from mllm_cpu.convert.layout import GGUF_ARCHITECTURE, ModelDims, gguf_tensor_shapes, match_layout, tensor_layout
+from mllm_cpu.convert.layout import GGUF_ARCHITECTURE, ModelDims, match_layout, tensor_layout
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
@@ -46,9 +46,7 @@ def test_an_untied_conversion_has_exactly_the_layouts_tensors(tmp_path: Path) ->
     spec = spec_from_config(json.loads((folder / "config.json").read_text()))
     path = convert_checkpoint(folder, parse_quant_list("f32"), tmp_path / "out")[0].summary.path
     header = read_gguf_header(path)
-    expected = gguf_tensor_shapes(
-        spec.n_layer, spec.n_embd, spec.n_head, spec.n_head_kv, spec.head_dim, spec.n_ff, spec.n_vocab, tied=False
-    )
+    expected = {t.gguf_name: t.ggml_shape for t in tensor_layout(spec, tied=False)}
     assert [t.name for t in header.tensors] == list(expected)
     assert {t.name: t.shape for t in header.tensors} == expected
     dims = ModelDims.from_header(header)

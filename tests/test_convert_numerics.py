@@ -13,18 +13,17 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from checkpoints import (
+from helpers.checkpoints import (
     TINY,
     TINY_GQA2,
     TINY_MHA,
     TINY_UNTIED,
-    TOKENIZER_CORPUS,
     TinyShape,
     build_checkpoint,
-    load_tokenizer,
     reference_greedy,
     reference_logits,
 )
+from helpers.logits import ERROR_BUDGET, F32_KV, UNIT_ROUNDOFF, assert_clear_top1_kept, llama_logits, prompt_ids
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 
@@ -37,22 +36,6 @@ CASES = {
     "mha-f16-transformers-config": (TINY_MHA, "float16", 1, "transformers"),
 }
 LEVELS = "f32,f16,bf16,q8_0,q4_k_m,q4_0"
-F32_KV = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32}
-
-# Unit roundoff of each weight format. Q8_0 stores 1/127 of a block's max per step
-# (half a step = 1/254), and llama.cpp's CPU kernels also quantize the activations to
-# Q8 for that dot product, so its error budget is doubled.
-UNIT_ROUNDOFF = {"f16": 2.0**-11, "bf16": 2.0**-8, "q8_0": 2 / 254}
-# Rounding errors add up over the layers and over 64..512-long dot products: measured
-# max errors are 2..12 unit roundoffs times the largest logit; 20 leaves room, while a
-# wrong mapping (RoPE order, missing q/k norm) moves logits by whole units.
-ERROR_BUDGET = 20
-
-
-def _prompt_ids(folder: Path, count: int) -> list[int]:
-    ids = load_tokenizer(folder).encode(" ".join(TOKENIZER_CORPUS)).ids
-    assert len(ids) >= count
-    return ids[:count]
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -64,26 +47,20 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return folder, {f.level.name: f.summary.path for f in files}
 
 
-def _llama_logits(path: Path, ids: list[int], **kwargs: int) -> np.ndarray:
-    model = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False, **kwargs)
-    model.eval(ids)
-    return np.array(model.scores[: len(ids)], dtype=np.float32)
-
-
 def test_f32_logits_equal_transformers(converted: tuple[Path, dict[str, Path]]) -> None:
     folder, files = converted
-    ids = _prompt_ids(folder, 60)
+    ids = prompt_ids(folder, 60)
     reference = reference_logits(folder, ids)
-    got = _llama_logits(files["f32"], ids, **F32_KV)
+    got = llama_logits(files["f32"], ids, **F32_KV)
     assert np.abs(got - reference).max() < 1e-4
 
 
 @pytest.mark.parametrize("level", ["f16", "bf16", "q8_0"])
 def test_reduced_precision_logits_within_derived_tolerance(converted: tuple[Path, dict[str, Path]], level: str) -> None:
     folder, files = converted
-    ids = _prompt_ids(folder, 60)
+    ids = prompt_ids(folder, 60)
     reference = reference_logits(folder, ids)
-    got = _llama_logits(files[level], ids, **F32_KV)
+    got = llama_logits(files[level], ids, **F32_KV)
     tolerance = ERROR_BUDGET * UNIT_ROUNDOFF[level] * np.abs(reference).max()
     assert np.abs(got - reference).max() < tolerance
     assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.9
@@ -95,30 +72,21 @@ def test_4bit_files_keep_clear_top1_decisions(converted: tuple[Path, dict[str, P
     top-1 token must agree where the reference decides clearly (lead of 2+ logits) and the
     logits must stay correlated (measured r 0.89-0.99; a broken conversion gives r near 0)."""
     folder, files = converted
-    ids = _prompt_ids(folder, 200)
+    ids = prompt_ids(folder, 200)
     reference = reference_logits(folder, ids)
-    assert_clear_top1_kept(_llama_logits(files[level], ids), reference)
-
-
-def assert_clear_top1_kept(got: np.ndarray, reference: np.ndarray) -> None:
-    """Where the reference leads by 2+ logits (at least 5 positions), 80% of top-1 tokens agree; r > 0.8."""
-    ordered = np.sort(reference, axis=1)
-    clear = ordered[:, -1] - ordered[:, -2] > 2.0
-    assert clear.sum() >= 5
-    assert (got.argmax(1) == reference.argmax(1))[clear].mean() >= 0.8
-    assert np.corrcoef(got.ravel(), reference.ravel())[0, 1] > 0.8
+    assert_clear_top1_kept(llama_logits(files[level], ids), reference)
 
 
 def test_default_f16_kv_cache_stays_close(converted: tuple[Path, dict[str, Path]]) -> None:
     folder, files = converted
-    ids = _prompt_ids(folder, 60)
-    got = _llama_logits(files["f32"], ids)
+    ids = prompt_ids(folder, 60)
+    got = llama_logits(files["f32"], ids)
     assert np.abs(got - reference_logits(folder, ids)).max() < 0.05
 
 
 def test_greedy_tokens_equal_transformers(converted: tuple[Path, dict[str, Path]]) -> None:
     folder, files = converted
-    prompt = _prompt_ids(folder, 12)
+    prompt = prompt_ids(folder, 12)
     expected = reference_greedy(folder, prompt, 32)
     model = llama_cpp.Llama(str(files["f32"]), n_ctx=256, verbose=False, **F32_KV)
     tokens = []
@@ -135,11 +103,11 @@ def test_a_wrong_rope_order_would_be_caught(tmp_path: Path) -> None:
 
     shape: TinyShape = TINY
     folder = build_checkpoint(tmp_path / "checkpoint", shape)
-    ids = _prompt_ids(folder, 60)
+    ids = prompt_ids(folder, 60)
     original = tensor_plan.interleaved_to_half_split
     try:
         tensor_plan.interleaved_to_half_split = lambda head_dim: np.arange(head_dim)
         path = convert_checkpoint(folder, parse_quant_list("f32"), tmp_path / "gguf")[0].summary.path
     finally:
         tensor_plan.interleaved_to_half_split = original
-    assert np.abs(_llama_logits(path, ids, **F32_KV) - reference_logits(folder, ids)).max() > 1e-2
+    assert np.abs(llama_logits(path, ids, **F32_KV) - reference_logits(folder, ids)).max() > 1e-2

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from arithmetic_task import converted_pair, problems, render_prompt
-from cli_runner import error_lines, run_cli
+from helpers.arithmetic_task import converted_pair, problems, render_prompt
+from helpers.cli_runner import error_lines, run_cli
 from mllm_cpu.bench.draft import predicted_speedup
 from mllm_cpu.engine import Engine
 from mllm_cpu.sampling import SamplingOptions

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines, run_cli
-from serve_process import ServeProcess
+from helpers.cli_runner import MLLM_CPU, error_lines, run_cli
+from helpers.serve_process import ServeProcess
 
 MAX_TOKENS = "32"
 PROBLEMS = 10

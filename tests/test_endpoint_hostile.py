@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines
+from helpers.cli_runner import MLLM_CPU, error_lines
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.endpoint import SERVER_TEXT_CHARS, EndpointBackend, EndpointError, server_text
 from mllm_cpu.engine import StopReason

@@ -9,13 +9,13 @@ from pathlib import Path
 import gguf
 import pytest
 
-from forcing import EOT_ID, forcing_options
+from helpers.forcing import EOT_ID, forcing_options
+from helpers.small_gguf import write_small_gguf
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import DEFAULT_CONTEXT, Engine
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.sampling import SamplingOptions, sampling_defaults
-from small_gguf import write_small_gguf
 
 EOS_ID, EOM_ID = 128001, 128008
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
@@ -39,7 +39,8 @@ def test_loads_with_defaults(synthetic_tiny_gguf: Path) -> None:
     assert engine.llama.n_ctx() == engine.n_ctx
     assert engine.threads == physical_cores()
     assert engine.llama.context_params.n_threads == physical_cores()
-    assert engine.chat_template and "start_header_id" in engine.chat_template
+    template = engine.prompt_format.chat_template
+    assert template and "start_header_id" in template
 
 
 def test_context_is_settable_within_the_trained_length(synthetic_tiny_gguf: Path) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import TINY, build_checkpoint
-from cli_runner import MLLM_CPU, files_in, run_cli
+from helpers.checkpoints import TINY, build_checkpoint
+from helpers.cli_runner import MLLM_CPU, files_in, run_cli
+from helpers.read_only import read_only_mount
 from mllm_cpu.bench.report import caption, speed_rows
 from mllm_cpu.bench.runner import BenchOptions, run_benchmark
 from mllm_cpu.cli import main
 from mllm_cpu.convert.synthetic import BOS_ID, EOS_ID, EOT_ID, LLAMA3_REGULAR_TOKENS, LLAMA3_VOCAB
-from read_only import read_only_mount
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.read_only import read_only_mount
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import load_checkpoint
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError
-from read_only import read_only_mount
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cli_runner import run_cli
+from helpers.cli_runner import run_cli
 from mllm_cpu.batch import grade, humaneval_program
 from mllm_cpu.commands.solve import EXIT_WRONG, TIMEOUT, exit_code
 from mllm_cpu.core.errors import InputError

@@ -22,8 +22,9 @@ from typing import Any
 import gguf
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines, files_in
-from llama_cpp_sources import convert_with_llama_cpp
+from helpers.cli_runner import MLLM_CPU, error_lines, files_in
+from helpers.llama_cpp_sources import convert_with_llama_cpp
+from helpers.small_gguf import rewrite_gguf
 from mllm_cpu.commands.console import terminal_safe
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.pipeline import convert_checkpoint
@@ -33,7 +34,6 @@ from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import GIB
 from mllm_cpu.model_file import validate_model_file
-from small_gguf import rewrite_gguf
 
 MEMORY_LIMIT = 2 * GIB
 QUESTION = "What is 2+2?"

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from arithmetic_task import problems, render_prompt, trained_pair
-from cli_runner import MLLM_CPU, error_lines, run_cli
+from helpers.arithmetic_task import problems, render_prompt, trained_pair
+from helpers.cli_runner import MLLM_CPU, error_lines, run_cli
+from helpers.small_gguf import rewrite_gguf
 from mllm_cpu.bench import first_load
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.kernels import AMX, prepare_kernels
 from mllm_cpu.load_check import check_first_load
-from small_gguf import rewrite_gguf
 
 GREEDY_CHILD = """
 import json, sys

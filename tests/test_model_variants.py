@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from checkpoints import TOKENIZER_CORPUS, load_tokenizer, reference_logits
+from helpers.checkpoints import TOKENIZER_CORPUS, load_tokenizer, reference_logits
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list

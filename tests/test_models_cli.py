@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import MLLM_CPU, run_cli
+from helpers.cli_runner import MLLM_CPU, run_cli
+from helpers.small_gguf import write_small_gguf
 from mllm_cpu.commands.console import print_table, table
 from mllm_cpu.model_info import describe_model, store_listing
-from small_gguf import write_small_gguf
 
 
 @pytest.fixture(autouse=True)

@@ -15,12 +15,12 @@ import llama_cpp
 import numpy as np
 import pytest
 import torch
-from test_convert_numerics import F32_KV, _llama_logits
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from checkpoints import BOS_ID, EOS_IDS, TINY_VOCAB_SIZE, TOKENIZER_CORPUS, build_tokenizer, load_tokenizer
-from cli_runner import run_cli
-from llama_cpp_sources import convert_with_llama_cpp
+from helpers.checkpoints import BOS_ID, EOS_IDS, TINY_VOCAB_SIZE, TOKENIZER_CORPUS, build_tokenizer, load_tokenizer
+from helpers.cli_runner import run_cli
+from helpers.llama_cpp_sources import convert_with_llama_cpp
+from helpers.logits import F32_KV, llama_logits
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.model_file import validate_model_file
@@ -96,7 +96,7 @@ def test_peer_logits_equal_transformers(peer: tuple[str, Path, Path]) -> None:
     reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(_llama_logits(path, ids, **F32_KV) - expected).max() < 1e-3
+    assert np.abs(llama_logits(path, ids, **F32_KV) - expected).max() < 1e-3
 
 
 def test_peer_runs_in_chat_solve_and_bench(peer: tuple[str, Path, Path]) -> None:

@@ -3,7 +3,7 @@ absurd context lengths, tokens that are not UTF-8, prompts far larger than the c
 that is not valid Unicode. Each is one `error:` line (exit 2) in bounded time and memory, or is
 handled (bench measures a file whose special tokens are not UTF-8).
 
-Hostile files are the small converted model with its metadata rewritten (`small_gguf.rewrite_gguf`);
+Hostile files are the small converted model with its metadata rewritten (`helpers.small_gguf.rewrite_gguf`);
 memory-bound cases run the real CLI in a child whose address space is limited.
 """
 
@@ -19,7 +19,8 @@ import gguf
 import llama_cpp
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines, run_cli
+from helpers.cli_runner import MLLM_CPU, error_lines, run_cli
+from helpers.small_gguf import rewrite_gguf
 from mllm_cpu.conversation import CONVERSATION_FILE_LIMIT, Conversation, run_command
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.core import gguf_keys
@@ -27,7 +28,6 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, PromptTooLong
 from mllm_cpu.prompt_format import TEMPLATE_STEPS, PromptFormat, TemplateLimit, load_vocabulary, unicode_text
 from mllm_cpu.sampling import SamplingOptions
-from small_gguf import rewrite_gguf
 
 CHILD_MEMORY = 1 << 30
 """Address space for the CLI in a child: the nested-loop template took 3.5 GB and a 20 MB question
@@ -178,7 +178,7 @@ QWEN_STYLE = (
     "{%- set ns.last = messages|length - 1 - loop.index0 %}{%- endif %}{%- endfor %}"
     "{%- for message in messages %}{%- if message.role != 'system' %}"
     "{%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}{% generation %}{{ content }}{% endgeneration %}{{ '<|im_end|>\\n' }}"
     "{%- if loop.last %}{{ '%d of %d' % (loop.index, loop.length) }}{%- endif %}{%- endif %}{%- endfor %}"
     "{{ messages[1] | tojson(indent=2) }}{{ (messages | map(attribute='role') | join(', ')) | upper }}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"

@@ -14,9 +14,9 @@ import gguf
 import numpy as np
 import pytest
 
-from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
-from hub_stand_in import HubStandIn, StandInRepo, commit_of
-from llama_cpp_sources import convert_with_llama_cpp
+from helpers.cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.hub_stand_in import HubStandIn, StandInRepo, commit_of
+from helpers.llama_cpp_sources import convert_with_llama_cpp
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError

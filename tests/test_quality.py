@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from checkpoints import BOS_ID, TINY_VOCAB_SIZE, TinyShape, load_tokenizer, reference_logits
-from cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.checkpoints import BOS_ID, TINY_VOCAB_SIZE, TinyShape, load_tokenizer, reference_logits
+from helpers.cli_runner import MLLM_CPU, error_lines, files_in, run_cli
+from helpers.trained_models import trained_checkpoint
 from mllm_cpu.bench.quality import default_text, text_tokens
-from trained_models import trained_checkpoint
 
 SHAPE = TinyShape(
     hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2

@@ -15,18 +15,11 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from test_convert_numerics import (
-    ERROR_BUDGET,
-    F32_KV,
-    UNIT_ROUNDOFF,
-    _llama_logits,
-    _prompt_ids,
-    assert_clear_top1_kept,
-)
 
-from checkpoints import reference_logits
-from cli_runner import error_lines, files_in, run_cli
-from llama_cpp_sources import convert_with_llama_cpp
+from helpers.checkpoints import reference_logits
+from helpers.cli_runner import error_lines, files_in, run_cli
+from helpers.llama_cpp_sources import convert_with_llama_cpp
+from helpers.logits import ERROR_BUDGET, F32_KV, UNIT_ROUNDOFF, assert_clear_top1_kept, llama_logits, prompt_ids
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.llama_quantizer import quantize_with_llama_cpp
 from mllm_cpu.convert.quant_types import QUANT_LEVELS
@@ -134,12 +127,12 @@ def test_metadata_is_carried_over_and_provenance_recorded(broken: dict[str, Path
 def test_repaired_logits_equal_transformers_and_our_conversion(
     tiny_checkpoint: Path, repaired: dict[str, Path], ours: dict[str, Path], name: str
 ) -> None:
-    ids = _prompt_ids(tiny_checkpoint, 60)
+    ids = prompt_ids(tiny_checkpoint, 60)
     reference = reference_logits(tiny_checkpoint, ids)
-    got = _llama_logits(repaired[name], ids, **F32_KV)
+    got = llama_logits(repaired[name], ids, **F32_KV)
     tolerance = ERROR_BUDGET * UNIT_ROUNDOFF[name] * np.abs(reference).max()
     assert np.abs(got - reference).max() < tolerance
-    assert np.array_equal(got, _llama_logits(ours[name], ids, **F32_KV))
+    assert np.array_equal(got, llama_logits(ours[name], ids, **F32_KV))
 
 
 @pytest.mark.parametrize("name", QUANTIZER_TYPES)
@@ -147,9 +140,9 @@ def test_repaired_4bit_files_keep_clear_top1_decisions(
     tiny_checkpoint: Path, repaired: dict[str, Path], name: str
 ) -> None:
     """As for our own 4-bit files (see test_convert_numerics): clear top-1 choices kept, logits correlated."""
-    ids = _prompt_ids(tiny_checkpoint, 200)
+    ids = prompt_ids(tiny_checkpoint, 200)
     reference = reference_logits(tiny_checkpoint, ids)
-    assert_clear_top1_kept(_llama_logits(repaired[name], ids), reference)
+    assert_clear_top1_kept(llama_logits(repaired[name], ids), reference)
 
 
 def test_repair_command(broken: dict[str, Path], tmp_path: Path, isolated_store: Path) -> None:
@@ -212,8 +205,8 @@ def test_a_relabelled_llama_file_is_refused_with_the_reason(
     tiny_checkpoint: Path, broken: dict[str, Path], tmp_path: Path
 ) -> None:
     relabelled = _relabelled_as_llama(broken["f16"], tmp_path / "relabelled.gguf")
-    ids = _prompt_ids(tiny_checkpoint, 60)
-    wrong = np.abs(_llama_logits(relabelled, ids, **F32_KV) - reference_logits(tiny_checkpoint, ids)).max()
+    ids = prompt_ids(tiny_checkpoint, 60)
+    wrong = np.abs(llama_logits(relabelled, ids, **F32_KV) - reference_logits(tiny_checkpoint, ids)).max()
     assert wrong > 1.0  # llama.cpp loads it, and computes something else (no q/k norm, other RoPE pairs)
     for args in (("repair", str(relabelled)), ("solve", "What is 2+2?", "--model", str(relabelled))):
         result = run_cli(*args)

@@ -12,12 +12,12 @@ from pathlib import Path
 import openai
 import pytest
 
-from cli_runner import error_lines, run_cli
+from helpers.cli_runner import error_lines, run_cli
+from helpers.serve_process import ServeProcess, get, post
 from mllm_cpu.engine import Engine
 from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages, solve
 from mllm_cpu.tasks import get_preset
-from serve_process import ServeProcess, get, post
 
 KEY = "test-key-1"
 CTX = 256

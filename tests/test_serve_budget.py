@@ -12,11 +12,11 @@ from typing import Any
 import openai
 import pytest
 
-from arithmetic_task import MATH, converted_pair, problems
-from cli_runner import run_cli
+from helpers.arithmetic_task import MATH, converted_pair, problems
+from helpers.cli_runner import run_cli
+from helpers.serve_process import ServeProcess, get, post
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
-from serve_process import ServeProcess, get, post
 
 BUDGET, ANSWER_TOKENS = 6, 8
 

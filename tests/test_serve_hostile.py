@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from cli_runner import error_lines, run_cli
+from helpers.cli_runner import error_lines, run_cli
+from helpers.serve_process import ServeProcess
 from mllm_cpu.grammar_check import MAX_GRAMMAR_CHARS
 from mllm_cpu.request_checks import MAX_JSON_DEPTH
-from serve_process import ServeProcess
 
 KEY = "hostile-key-1"
 CTX = 256

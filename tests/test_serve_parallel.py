@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arithmetic_task import converted_pair, render_prompt
+from helpers.arithmetic_task import converted_pair, render_prompt
 from mllm_cpu.batched import BatchRequest, Failed, Finished, Piece
 from mllm_cpu.engine import StopReason
 from mllm_cpu.model_file import validate_model_file

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import run_cli
+from helpers.cli_runner import run_cli
 
 
 def _solve(model: Path, *args: str) -> subprocess.CompletedProcess[str]:

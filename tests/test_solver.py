@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from forcing import forcing_options
+from helpers.forcing import forcing_options
 from mllm_cpu.answers import extract_answer
 from mllm_cpu.commands.stream_display import TerminalStream, printable
 from mllm_cpu.core.errors import InputError

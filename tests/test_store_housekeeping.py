@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import error_lines, files_in, run_cli
+from helpers.cli_runner import error_lines, files_in, run_cli
 from mllm_cpu.convert.pipeline import convert_checkpoint
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core import gguf_keys

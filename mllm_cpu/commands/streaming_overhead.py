@@ -18,7 +18,8 @@ from mllm_cpu.bench.streaming_overhead import TextDisplay, measure_streaming_ove
 from mllm_cpu.commands.console import conversion_bars
 from mllm_cpu.commands.live_progress import LiveProgress
 from mllm_cpu.commands.stream_display import TerminalStream
-from mllm_cpu.engine import Engine, SamplingOptions
+from mllm_cpu.engine import Engine
+from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.store import resolve_model
 from mllm_cpu.tasks import get_preset

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cli_runner import MLLM_CPU
+from helpers.cli_runner import MLLM_CPU
 
 START_SECONDS = 120
 

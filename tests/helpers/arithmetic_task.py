@@ -17,9 +17,9 @@ from pathlib import Path
 
 import jinja2
 
-from checkpoints import LLAMA3_CHAT_TEMPLATE, TinyShape
+from helpers.checkpoints import LLAMA3_CHAT_TEMPLATE, TinyShape
+from helpers.trained_models import Example, trained_checkpoint
 from mllm_cpu.tasks import get_preset
-from trained_models import Example, trained_checkpoint
 
 MATH = get_preset("math")
 EOT = "<|eot_id|>"

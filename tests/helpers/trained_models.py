@@ -23,7 +23,7 @@ import transformers
 from tokenizers import Tokenizer
 from transformers import Llama4ForCausalLM
 
-from checkpoints import BOS_ID, TINY_VOCAB_SIZE, TinyShape, _tokenizer_json, save_checkpoint, text_config
+from helpers.checkpoints import BOS_ID, TINY_VOCAB_SIZE, TinyShape, _tokenizer_json, save_checkpoint, text_config
 
 Example = tuple[str, str]
 TRAINING_THREADS = 1
