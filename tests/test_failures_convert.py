@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli_runner import MLLM_CPU, error_lines, files_in, run_cli
-from helpers.read_only import read_only_mount
+from helpers.read_only import read_only_mount, tmpfs_mount
 from mllm_cpu.convert.model_spec import spec_from_config
 from mllm_cpu.convert.pipeline import load_checkpoint
 from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
@@ -187,13 +187,8 @@ def test_full_disk_is_one_line_and_no_partial_file(quant: str, tiny_checkpoint: 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 6 MiB tmpfs: room for the tiny checkpoint's F32 file (3.6 MiB) and not much more."""
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(folder)], check=True)
-    try:
+    with tmpfs_mount(tmp_path / "small-disk", "size=6m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def _fill(folder: Path, leave_bytes: int) -> None:
