@@ -39,9 +39,13 @@ def _main(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pyte
     return int(exit_info.value.code or 0), capsys.readouterr().err
 
 
-def test_ctrl_c_during_start_up_is_130_without_traceback() -> None:
-    """SIGINT while the CLI still imports its libraries (it takes over a second)."""
-    process = subprocess.Popen([MLLM_CPU, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_ctrl_c_during_start_up_is_130_without_traceback(synthetic_tiny_gguf: Path) -> None:
+    """SIGINT while `solve` still imports llama.cpp and loads the model (it takes over a second).
+
+    Light commands such as `models` finish before a Ctrl-C could land, so the slow start of a
+    local solve is the window this needs."""
+    command = [MLLM_CPU, "solve", "1+1", "--model", str(synthetic_tiny_gguf), "--max-tokens", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)
     assert process.poll() is None
     process.send_signal(signal.SIGINT)
