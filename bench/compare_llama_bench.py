@@ -116,21 +116,36 @@ def build_llama_tool(
     if shutil.which("cmake") is None:
         raise InputError(f"building {target} needs cmake (and a C/C++ compiler)")
     build = build_dir(static, no_amx)
-    flags = [f for f in CMAKE_FLAGS if not f.startswith("-DBUILD_SHARED_LIBS=")]
+    flags = [f for f in CMAKE_FLAGS if not f.startswith(("-DBUILD_SHARED_LIBS=", "-DLLAMA_BUILD_SERVER="))]
+    flags.append(f"-DLLAMA_BUILD_SERVER={'ON' if target == 'llama-server' else 'OFF'}")
     flags.append(f"-DBUILD_SHARED_LIBS={'OFF' if static else 'ON'}")
     if no_amx:
         flags += [f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}"]
-    with tempfile.TemporaryDirectory(prefix="llama-cpp-src-") as workdir:
-        tree = Path(source) if source is not None else fetch_sources(Path(workdir))
-        if not (tree / "tools" / folder).is_dir():
-            raise InputError(f"{tree}: not a llama.cpp source tree with tools/{folder}")
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *flags], check=True)
-        subprocess.run(
-            ["cmake", "--build", str(build), "--target", target, "-j", str(jobs or os.cpu_count() or 1)],
-            check=True,
-        )
+    tree = Path(source) if source is not None else cached_sources()
+    if not (tree / "tools" / folder).is_dir():
+        raise InputError(f"{tree}: not a llama.cpp source tree with tools/{folder}")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *generator, *flags], check=True)
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", target, "-j", str(jobs or os.cpu_count() or 1)],
+        check=True,
+    )
     return cached_binary(target, static, no_amx)
+
+
+def cached_sources() -> Path:
+    """The vendored llama.cpp tree, fetched once into the cache so every tool's build folder
+    keeps one source path (cmake refuses a build folder configured from another tree)."""
+    sources = cache_dir() / "sources"
+    found = list(sources.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if found:
+        return found[0]
+    sources.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llama-cpp-src-", dir=sources) as workdir:
+        tree = fetch_sources(Path(workdir))
+        package = tree.parent.parent
+        package.rename(sources / package.name)
+    return sources / package.name / "vendor" / "llama.cpp"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Serving speed of OpenAI-compatible endpoints: time to first token, per-request and aggregate decode t/s.
 
 At each concurrency N, N streamed chat requests (the TTFT test's question, the math task's
-system prompt) are sent at once; each request's first and last content chunk give its time to
+system prompt) are sent at once; each request's first and last text chunk (answer or reasoning) give its time to
 first token and its decode speed, and all tokens over the wall time give the aggregate speed.
 """
 
@@ -162,7 +162,7 @@ def _timed_request(backend: EndpointBackend, options: SamplingOptions) -> Reques
         )
         for chunk in stream:
             usage = chunk.usage or usage
-            if any(choice.delta and choice.delta.content for choice in chunk.choices):
+            if any(choice.delta and _delta_text(choice.delta) for choice in chunk.choices):
                 last = time.perf_counter_ns()
                 first = first or last
                 chunks += 1
@@ -175,6 +175,12 @@ def _timed_request(backend: EndpointBackend, options: SamplingOptions) -> Reques
         prompt_tokens=usage.prompt_tokens if usage else 0,
         tokens=usage.completion_tokens if usage else chunks,
     )
+
+
+def _delta_text(delta: Any) -> str | None:
+    """A stream delta's text: the answer, or the reasoning where the server splits it off
+    (`reasoning_content`: mllm-cpu serve, llama-server's deepseek format, vLLM)."""
+    return delta.content or getattr(delta, "reasoning_content", None)
 
 
 def measure_concurrency(backend: EndpointBackend, concurrency: int, options: SamplingOptions) -> ConcurrencyResult:
