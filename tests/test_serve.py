@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from helpers.cli_runner import error_lines, run_cli
-from helpers.serve_process import ServeProcess, get, post
+from helpers.serve_process import ServeProcess, get, post, post_declaring
 from mllm_cpu.engine import Engine
 from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages, solve
@@ -126,8 +126,8 @@ def test_bad_requests_get_the_right_4xx_and_the_server_still_answers(server: Ser
     assert f"holds {CTX}" in data["error"]["message"]
     status, data, _ = post(chat, body(max_tokens=-1), KEY)
     assert status == 400 and "max_tokens" in data["error"]["message"]
-    status, data, _ = post(chat, b" " * (2 << 20), KEY)
-    assert status == 413
+    status, data = post_declaring(chat, 2 << 20, KEY)
+    assert status == 413 and data["error"]["code"] == "body_too_large"
     assert post(chat, body(), None)[0] == 401
     assert post(chat, body(), "wrong-key")[0] == 401
     assert get(f"{server.url}/models")[0] == 401

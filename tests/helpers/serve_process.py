@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -13,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from helpers.cli_runner import MLLM_CPU
 
@@ -85,6 +87,24 @@ def post(url: str, body: bytes, key: str | None = None, timeout: float = 120) ->
             return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read()), error.headers
+
+
+def post_declaring(url: str, length: int, key: str | None = None, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    """POST headers that declare a `length`-byte body and send none of it: a server that refuses the
+    size replies at once, which urllib cannot read while it is still sending (a broken pipe)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        connection.putrequest("POST", parts.path)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(length))
+        if key:
+            connection.putheader("Authorization", f"Bearer {key}")
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def get(url: str, key: str | None = None, timeout: float = 30) -> tuple[int, dict[str, Any]]:
