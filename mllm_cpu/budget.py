@@ -17,9 +17,7 @@ from mllm_cpu.answers import extract_answer
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, Generation, StopReason
 from mllm_cpu.sampling import SamplingOptions
-from mllm_cpu.tasks import END_OF_REASONING, TaskPreset
-
-START_OF_REASONING = "<think>"
+from mllm_cpu.tasks import END_OF_REASONING, START_OF_REASONING, TaskPreset
 
 
 @dataclass(frozen=True)

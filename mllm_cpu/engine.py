@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -34,7 +34,6 @@ MIN_CONTEXT = 64
 MAX_TRAINED_CONTEXT = 1 << 24
 """The largest trained context (`{arch}.context_length`) a file may claim: llama-cpp-python allocates
 that many tokens for every tokenization, and llama.cpp's API reads it as a 32-bit signed number."""
-TokenFilter = Callable[[Sequence[int], Generator[int, None, None]], Generator[int, None, None]]
 FLASH_ATTENTION = False
 """chat, solve and serve run without llama.cpp's flash attention: on CPU it decodes at about half
 the speed once 2,000 tokens are in context (a reasoning trace's usual depth), for a smaller compute
@@ -163,8 +162,6 @@ class Engine:
         }
         self.prompt_format = PromptFormat(header, self.llama)
         self._identity: ModelIdentity | None = None
-        self.token_filter: TokenFilter | None = None
-        """Wraps every generation's token stream (given the prompt's tokens): the server counts usage with it."""
 
     def _warm_up(self) -> None:
         """Evaluate one token and forget it, as llama.cpp's tools do: the first reply pays no start-up costs."""
@@ -221,8 +218,6 @@ class Engine:
         if not reuse_prefix:
             self.llama.reset()
         stream = self._token_stream(tokens, options, seed)
-        if self.token_filter is not None:
-            stream = self.token_filter(tokens, stream)
         try:
             for token in stream:
                 if not generated:

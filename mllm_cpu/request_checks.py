@@ -229,6 +229,15 @@ def _named_tool(choice: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def chosen_tool(request: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, name) of the tool a chat request's tool_choice or legacy function_call names, else None."""
+    for field in ("tool_choice", "function_call"):
+        name = _named_tool(request.get(field))
+        if name is not None:
+            return field, name
+    return None
+
+
 def _tools(request: dict[str, Any]) -> list[tuple[Any, Any]]:
     """The (name, parameters schema) of each tool or legacy function a chat request gives."""
     tools = [tool.get("function") for tool in request.get("tools") or [] if isinstance(tool, dict)]
@@ -259,12 +268,11 @@ def grammar_sources(path: str, request: dict[str, Any]) -> list[tuple[str, Gramm
         response_format = {}
     if "schema" in response_format:
         sources.append(("response_format", GrammarSource("json_schema", json.dumps(response_format["schema"]))))
-    for field in ("tool_choice", "function_call"):
-        choice = _named_tool(request.get(field))
-        if choice is not None:
-            schema = next(parameters for name, parameters in _tools(request) if name == choice)
-            sources.append((field, GrammarSource("json_schema", json.dumps(schema))))
-            break
+    chosen = chosen_tool(request)
+    if chosen is not None:
+        field, choice = chosen
+        schema = next(parameters for name, parameters in _tools(request) if name == choice)
+        sources.append((field, GrammarSource("json_schema", json.dumps(schema))))
     return sources
 
 

@@ -16,6 +16,7 @@ names another model and the current one has nothing in flight.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -205,14 +206,41 @@ class RunnerStream:
         self._runner = runner
         self.number = number
         self._events: queue.SimpleQueue[Event | InputError] = queue.SimpleQueue()
+        self._wake: Callable[[], None] | None = None
         self.done = False
 
     def deliver(self, event: Event | InputError) -> None:
         self._events.put(event)
+        wake = self._wake
+        if wake is not None:
+            wake()
 
     def __iter__(self) -> Iterator[Event]:
         while not self.done:
             event = self._events.get()
+            if isinstance(event, InputError):
+                self.done = True
+                raise event
+            if not isinstance(event, Piece):
+                self.done = True
+            yield event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The events, as `__iter__` gives them, for an asyncio event loop (no thread waits for them)."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(ready.set)
+
+        self._wake = wake
+        while not self.done:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                await ready.wait()
+                ready.clear()
+                continue
             if isinstance(event, InputError):
                 self.done = True
                 raise event
@@ -433,6 +461,13 @@ class RunnerPool:
         self._lock = threading.Condition()
         self._wanted: deque[str] = deque()
         self.current: Runner | None = None
+
+    @property
+    def parallel(self) -> int:
+        """The sequences the current runner decodes together (the first model's setting before it starts)."""
+        if self.current is not None:
+            return self.current.parallel
+        return next(iter(self.specs.values())).parallel
 
     def start(self, name: str) -> Runner:
         """Start the runner of `name` (at start-up: the first model)."""

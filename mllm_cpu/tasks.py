@@ -10,6 +10,8 @@ from mllm_cpu.core.errors import InputError
 
 AnswerKind = Literal["boxed", "code"]
 
+START_OF_REASONING = "<think>"
+"""The marker R1-style models open their reasoning with."""
 END_OF_REASONING = "</think>"
 """The marker R1-style models write when their reasoning ends."""
 BOXED_ANSWER_CUE = "\n\nFinal answer: \\boxed{"

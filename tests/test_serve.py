@@ -22,6 +22,7 @@ from mllm_cpu.tasks import get_preset
 KEY = "test-key-1"
 CTX = 256
 QUEUE = 8
+PARALLEL = 4
 PROBLEM = "What is 7 times 6?"
 
 
@@ -42,6 +43,8 @@ def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         str(CTX),
         "--queue",
         str(QUEUE),
+        "--parallel",
+        str(PARALLEL),
         "--api-key",
         KEY,
         home=tmp_path_factory.mktemp("serve_home"),
@@ -133,7 +136,7 @@ def test_bad_requests_get_the_right_4xx_and_the_server_still_answers(server: Ser
     assert get(f"{server.url}/models")[0] == 401
     assert get(f"{server.base}/health") == (
         200,
-        {"status": "ok", "models": [server_model(server)], "requests": 0, "queue": QUEUE},
+        {"status": "ok", "models": [server_model(server)], "requests": 0, "queue": QUEUE, "parallel": PARALLEL},
     )
     status, data, _ = post(chat, body(), KEY)
     assert status == 200 and data["choices"][0]["finish_reason"] in ("length", "stop")

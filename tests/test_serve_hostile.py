@@ -140,7 +140,8 @@ def test_a_grammar_that_reaches_a_dead_end_ends_the_reply(server: ServeProcess, 
     status, data = call(server, "POST", CHAT, chat_body(grammar=grammar, temperature=0, max_tokens=8), JSON_TYPE)
     assert status == 200, data[:300]
     choice = json.loads(data)["choices"][0]
-    assert choice["finish_reason"] == "stop" and choice["message"]["content"] in ("", "a")
+    # bytes the grammar lets through that make no character show as U+FFFD, as solve shows them
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"].rstrip("\ufffd") in ("", "a")
     assert_serving(server)
 
 

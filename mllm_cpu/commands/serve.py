@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from mllm_cpu.batched import DEFAULT_PARALLEL_CAP, MAX_PARALLEL
 from mllm_cpu.commands.console import conversion_bars, err
 from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, ServeOptions
@@ -25,13 +26,24 @@ def serve(
     queue: Annotated[
         int, typer.Option(help="Most requests in flight (running or waiting); more get 503 with Retry-After.")
     ] = DEFAULT_QUEUE,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_PARALLEL,
+            help="Requests decoded together, one sequence each in one batch (default: two per core, at most "
+            f"{DEFAULT_PARALLEL_CAP}, as many as memory holds; shown at start-up). More wait in the queue.",
+        ),
+    ] = None,
     *,
     flags: Flags,
 ) -> None:
     """Serve models over the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
-    Give --model once per model (store name, file or checkpoint folder). Stop with Ctrl-C or SIGTERM:
-    requests in flight end cleanly.
+    Give --model once per model (store name, file or checkpoint folder). The model runs in a process of
+    its own that decodes up to --parallel requests together; if llama.cpp crashes there, the requests in
+    flight end with an error and it starts again. Stop with Ctrl-C or SIGTERM: requests in flight end
+    cleanly.
 
     /extras/tokenize and /extras/detokenize are served too; other paths are 404.
     """
@@ -44,6 +56,7 @@ def serve(
         n_ctx=flags.ctx,
         threads=flags.threads,
         queue=queue,
+        parallel=parallel,
     )
     code = run_server(
         options,
