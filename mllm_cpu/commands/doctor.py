@@ -6,16 +6,17 @@ from typing import Annotated
 
 import typer
 
-from mllm_cpu.bench.machine import machine_info, package_versions
 from mllm_cpu.commands.console import print_json, print_table, table
 from mllm_cpu.core.values import human_bytes
-from mllm_cpu.kernels import AMX, prepare_kernels
 
 
 def doctor(
     json_output: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
 ) -> None:
     """Show the CPU, SIMD features and build flags (as llama.cpp reports them), weight kernels, memory, versions."""
+    from mllm_cpu.bench.machine import machine_info, package_versions  # numpy, gguf: not needed for --help
+    from mllm_cpu.kernels import AMX, prepare_kernels
+
     machine = machine_info()
     choice = prepare_kernels()
     versions = package_versions()

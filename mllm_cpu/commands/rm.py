@@ -8,7 +8,6 @@ import typer
 from rich.markup import escape
 
 from mllm_cpu.commands.console import out, print_json
-from mllm_cpu.store import find_stored, remove_model
 
 
 def rm(
@@ -16,6 +15,8 @@ def rm(
     json_output: Annotated[bool, typer.Option("--json", help="Print the deleted files as JSON.")] = False,
 ) -> None:
     """Delete models from the store, with their origin records. Every name is checked before anything is deleted."""
+    from mllm_cpu.store import find_stored, remove_model  # reads GGUF headers: not needed for --help
+
     paths = list(dict.fromkeys(find_stored(name) for name in names))
     for path in paths:
         remove_model(path)
