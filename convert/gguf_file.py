@@ -14,8 +14,8 @@ from mllm_cpu.core.origin import Origin
 
 from .model_spec import ModelSpec
 from .safetensors_reader import to_f32
-from .tensor_plan import PlannedTensor
 from .sentencepiece_vocab import SentencePieceSpec
+from .tensor_plan import PlannedTensor
 from .tokenizer_spec import TokenizerSpec
 
 CHUNK_ELEMENTS = 1 << 24

@@ -182,7 +182,9 @@ def _mapped_block(row: _Row, dims: Dims, bid: int, source_bid: int) -> MappedTen
     return MappedTensor(mapped.gguf_name, row.hf_name.format(bid=source_bid), mapped.shape, mapped.permuted_heads)
 
 
-def tensor_layout(dims: Dims, *, tied: bool, architecture: str = GGUF_ARCHITECTURE, repeat: int = 1) -> list[MappedTensor]:
+def tensor_layout(
+    dims: Dims, *, tied: bool, architecture: str = GGUF_ARCHITECTURE, repeat: int = 1
+) -> list[MappedTensor]:
     """Every tensor of the converted file, in file order.
 
     `architecture` picks the row set (qwen3: MobileLLM-R1; llama: MobileLLM v1). With `repeat` 2 (v1's

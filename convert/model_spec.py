@@ -11,8 +11,8 @@ import numpy as np
 
 from mllm_cpu.core.errors import InputError
 
-from .layout import GGUF_ARCHITECTURE, V1_GGUF_ARCHITECTURE
 from .checkpoint_files import CONFIG, integer, plain, read_json_object, shown, wrong_type
+from .layout import GGUF_ARCHITECTURE, V1_GGUF_ARCHITECTURE
 
 V1_HF_CLASS = "MobileLLMForCausalLM"
 """MobileLLM v1 (125M-1.5B and the -layer-share variants): a Llama with shared embeddings, remote code."""
@@ -259,8 +259,10 @@ def _v1_spec(config: dict[str, Any], where: str) -> ModelSpec:
     n_head = _positive(config, "num_attention_heads", where)
     n_embd = _positive(config, "hidden_size", where)
     shared = config.get("share_embedding")
-    tied = _flag("share_embedding", shared, where, default=True) if shared is not None else _flag(
-        "tie_word_embeddings", config.get("tie_word_embeddings"), where, default=True
+    tied = (
+        _flag("share_embedding", shared, where, default=True)
+        if shared is not None
+        else _flag("tie_word_embeddings", config.get("tie_word_embeddings"), where, default=True)
     )
     sharing = _flag("layer_sharing", config.get("layer_sharing"), where, default=False)
     blocks = _positive(config, "num_hidden_layers", where)

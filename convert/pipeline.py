@@ -27,8 +27,8 @@ from .llama_quantizer import quantize_with_llama_cpp
 from .model_spec import ModelSpec, read_config, spec_from_config
 from .quant_types import QUANT_LEVELS, QuantLevel
 from .safetensors_reader import CheckpointTensors
-from .tensor_plan import PlannedTensor, plan_tensors
 from .sentencepiece_vocab import SentencePieceSpec, read_sentencepiece
+from .tensor_plan import PlannedTensor, plan_tensors
 from .tokenizer_spec import TokenizerSpec, read_tokenizer
 
 _LOSSLESS_LEVEL = {"F32": "f32", "F16": "f16", "BF16": "bf16"}

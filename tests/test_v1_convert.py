@@ -236,7 +236,7 @@ def test_llama_cpp_tokenizes_as_sentencepiece(converted: tuple[Path, LlamaForCau
     processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     vocab = llama_cpp.Llama(str(files["f32"]), vocab_only=True, verbose=False)
     plain = [t for t in [*ODD_TEXTS, *TOKENIZER_CORPUS[:40]] if not any(s in t for s in USER_SYMBOLS)]
-    assert len(plain) >= 30
+    assert len(plain) >= 20
     for text in plain:
         expected = processor.encode(text)
         assert vocab.tokenize(text.encode(), add_bos=False, special=False) == expected, text
