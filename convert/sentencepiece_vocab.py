@@ -188,6 +188,7 @@ def _fields(data: bytes) -> list[tuple[int, Any]]:
     while at < len(data):
         tag, at = _varint(data, at)
         number, wire = tag >> 3, tag & 7
+        value: int | float | bytes
         if wire == 0:
             value, at = _varint(data, at)
         elif wire == 1:

@@ -1,4 +1,4 @@
-"""MobileLLM v1 (MobileLLMForCausalLM, SentencePiece) converts to llama.cpp's `llama` and computes transformers' numbers.
+"""MobileLLM v1 (MobileLLMForCausalLM, SentencePiece) converts to llama.cpp's `llama` with transformers' numbers.
 
 Tiny checkpoints are written as the v1 repos are: config `MobileLLMForCausalLM` with
 `share_embedding: true`, safetensors without lm_head, a SentencePiece `tokenizer.model` trained
@@ -240,7 +240,8 @@ def test_llama_cpp_tokenizes_as_sentencepiece(converted: tuple[Path, LlamaForCau
     for text in plain:
         expected = processor.encode(text)
         assert vocab.tokenize(text.encode(), add_bos=False, special=False) == expected, text
-        assert vocab.detokenize(expected).decode() == processor.decode(expected), text
+        # llama.cpp writes the space of the dummy prefix that sentencepiece drops when decoding
+        assert vocab.detokenize(expected).decode().removeprefix(" ") == processor.decode(expected), text
     assert vocab.tokenize(b"x", add_bos=True)[0] == 1
 
 
