@@ -12,9 +12,9 @@ import numpy as np
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.origin import Origin
 
-from .layout import GGUF_ARCHITECTURE
-from .model_spec import SOURCE_ARCHITECTURE_LABEL, ModelSpec
+from .model_spec import ModelSpec
 from .safetensors_reader import to_f32
+from .sentencepiece_vocab import SentencePieceSpec
 from .tensor_plan import PlannedTensor
 from .tokenizer_spec import TokenizerSpec
 
@@ -63,7 +63,7 @@ class _StreamedTensor:
 def write_gguf(
     path: Path,
     spec: ModelSpec,
-    tokenizer: TokenizerSpec,
+    tokenizer: TokenizerSpec | SentencePieceSpec,
     general: gguf.Metadata,
     tensors: list[PlannedTensor],
     file_type: gguf.LlamaFileType,
@@ -72,7 +72,7 @@ def write_gguf(
     origin: Origin | None = None,
 ) -> None:
     """Write a complete GGUF file at `path` (the caller makes the write atomic)."""
-    writer = gguf.GGUFWriter(path, GGUF_ARCHITECTURE)
+    writer = gguf.GGUFWriter(path, spec.gguf_architecture)
     _add_metadata(writer, spec, tokenizer, general, file_type, origin)
     streamed = []
     for tensor in tensors:
@@ -92,7 +92,7 @@ def write_gguf(
 def _add_metadata(
     writer: gguf.GGUFWriter,
     spec: ModelSpec,
-    tokenizer: TokenizerSpec,
+    tokenizer: TokenizerSpec | SentencePieceSpec,
     general: gguf.Metadata,
     file_type: gguf.LlamaFileType,
     origin: Origin | None,
@@ -100,7 +100,9 @@ def _add_metadata(
     writer.add_type(gguf.GGUFType.MODEL)
     general.set_gguf_meta_model(writer)
     writer.add_string(gguf_keys.SOURCE_ARCHITECTURE, spec.architecture)
-    writer.add_string(gguf_keys.SOURCE_LABEL, SOURCE_ARCHITECTURE_LABEL)
+    writer.add_string(gguf_keys.SOURCE_LABEL, spec.source_label)
+    if spec.layer_repeat > 1:
+        writer.add_uint32(gguf_keys.LAYER_REPEAT, spec.layer_repeat)
     if origin is not None:
         origin.add_to(writer)
 

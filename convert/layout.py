@@ -24,6 +24,8 @@ _T = gguf.MODEL_TENSOR
 
 GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
 """The llama.cpp graph MobileLLM-R1 runs as."""
+V1_GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
+"""The llama.cpp graph MobileLLM v1 (MobileLLMForCausalLM, a Llama with shared embeddings) runs as."""
 
 
 class Dims(Protocol):
@@ -117,6 +119,24 @@ _BLOCK = (
     _Row(_T.FFN_UP, "model.layers.{bid}.feed_forward.up_proj.weight", lambda d: (d.n_ff, d.n_embd)),
     _Row(_T.FFN_DOWN, "model.layers.{bid}.feed_forward.down_proj.weight", lambda d: (d.n_embd, d.n_ff)),
 )
+_V1_BLOCK = (
+    _Row(_T.ATTN_NORM, "model.layers.{bid}.input_layernorm.weight", lambda d: (d.n_embd,)),
+    _Row(_T.ATTN_Q, "model.layers.{bid}.self_attn.q_proj.weight", lambda d: (_q_rows(d), d.n_embd), lambda d: d.n_head),
+    _Row(
+        _T.ATTN_K,
+        "model.layers.{bid}.self_attn.k_proj.weight",
+        lambda d: (_kv_rows(d), d.n_embd),
+        lambda d: d.n_head_kv,
+    ),
+    _Row(_T.ATTN_V, "model.layers.{bid}.self_attn.v_proj.weight", lambda d: (_kv_rows(d), d.n_embd)),
+    _Row(_T.ATTN_OUT, "model.layers.{bid}.self_attn.o_proj.weight", lambda d: (d.n_embd, _q_rows(d))),
+    _Row(_T.FFN_NORM, "model.layers.{bid}.post_attention_layernorm.weight", lambda d: (d.n_embd,)),
+    _Row(_T.FFN_GATE, "model.layers.{bid}.mlp.gate_proj.weight", lambda d: (d.n_ff, d.n_embd)),
+    _Row(_T.FFN_UP, "model.layers.{bid}.mlp.up_proj.weight", lambda d: (d.n_ff, d.n_embd)),
+    _Row(_T.FFN_DOWN, "model.layers.{bid}.mlp.down_proj.weight", lambda d: (d.n_embd, d.n_ff)),
+)
+"""MobileLLM v1's block as llama.cpp's `llama` graph reads it: q/k rows permuted from HF's half-split
+RoPE to llama's interleaved form, no q/k norm, the MLP under `mlp.`."""
 _AFTER_BLOCKS = (_Row(_T.OUTPUT_NORM, "model.norm.weight", lambda d: (d.n_embd,)),)
 TIED_OUTPUT_HF_NAME = "lm_head.weight"
 """The HF output matrix, absent from the GGUF when the embedding is tied."""
@@ -155,11 +175,25 @@ def _mapped(row: _Row, dims: Dims, bid: int | None = None) -> MappedTensor:
     )
 
 
-def tensor_layout(dims: Dims, *, tied: bool) -> list[MappedTensor]:
-    """Every tensor of the converted file, in file order."""
+def _mapped_block(row: _Row, dims: Dims, bid: int, source_bid: int) -> MappedTensor:
+    mapped = _mapped(row, dims, bid)
+    if row.hf_name is None or source_bid == bid:
+        return mapped
+    return MappedTensor(mapped.gguf_name, row.hf_name.format(bid=source_bid), mapped.shape, mapped.permuted_heads)
+
+
+def tensor_layout(
+    dims: Dims, *, tied: bool, architecture: str = GGUF_ARCHITECTURE, repeat: int = 1
+) -> list[MappedTensor]:
+    """Every tensor of the converted file, in file order.
+
+    `architecture` picks the row set (qwen3: MobileLLM-R1; llama: MobileLLM v1). With `repeat` 2 (v1's
+    layer sharing) GGUF block N reads checkpoint block N // 2, so each shared block runs twice.
+    """
+    block = _V1_BLOCK if architecture == V1_GGUF_ARCHITECTURE else _BLOCK
     layout = [_mapped(row, dims) for row in _BEFORE_BLOCKS]
     for bid in range(dims.n_layer):
-        layout += [_mapped(row, dims, bid) for row in _BLOCK]
+        layout += [_mapped_block(row, dims, bid, bid // repeat) for row in block]
     layout += [_mapped(row, dims) for row in _AFTER_BLOCKS]
     if not tied:
         layout.append(_mapped(_UNTIED_OUTPUT, dims))
@@ -175,7 +209,8 @@ def match_layout(
     expects no unit q/k norms: they are paired with None.
     """
     stored = {t.name: t for t in header.tensors}
-    layout = tensor_layout(dims, tied=_mapped(_UNTIED_OUTPUT, dims).gguf_name not in stored)
+    tied = _mapped(_UNTIED_OUTPUT, dims).gguf_name not in stored
+    layout = tensor_layout(dims, tied=tied, architecture=header.architecture)
     matched: list[tuple[MappedTensor, TensorEntry | None]] = []
     for mapped in layout:
         if mapped.unit_norm and not with_norms:
@@ -192,6 +227,9 @@ def match_layout(
     return matched
 
 
-def hf_tensor_shapes(dims: Dims, *, tied: bool) -> dict[str, tuple[int, ...]]:
-    """The tensor names and shapes of a MobileLLM-R1 HF checkpoint, in checkpoint order."""
-    return {t.hf_name: t.shape for t in tensor_layout(dims, tied=tied) if t.hf_name is not None}
+def hf_tensor_shapes(
+    dims: Dims, *, tied: bool, architecture: str = GGUF_ARCHITECTURE, repeat: int = 1
+) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of the HF checkpoint (R1 or v1), in checkpoint order, each once."""
+    layout = tensor_layout(dims, tied=tied, architecture=architecture, repeat=repeat)
+    return {t.hf_name: t.shape for t in layout if t.hf_name is not None}

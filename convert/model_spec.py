@@ -12,10 +12,14 @@ import numpy as np
 from mllm_cpu.core.errors import InputError
 
 from .checkpoint_files import CONFIG, integer, plain, read_json_object, shown, wrong_type
+from .layout import GGUF_ARCHITECTURE, V1_GGUF_ARCHITECTURE
 
-SUPPORTED_HF_CLASSES = ("Llama4ForCausalLM",)
+V1_HF_CLASS = "MobileLLMForCausalLM"
+"""MobileLLM v1 (125M-1.5B and the -layer-share variants): a Llama with shared embeddings, remote code."""
+SUPPORTED_HF_CLASSES = ("Llama4ForCausalLM", V1_HF_CLASS)
 """Hugging Face model classes (config.json `architectures`) the converter reads."""
 SOURCE_ARCHITECTURE_LABEL = "MobileLLM-R1 (Llama4 dense)"
+V1_SOURCE_LABEL = "MobileLLM v1"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,23 @@ class ModelSpec:
     rms_norm_eps: float
     tied_embeddings: bool
     architecture: str = "Llama4ForCausalLM"
+    layer_repeat: int = 1
+    """2 for MobileLLM v1's layer sharing: each checkpoint block runs twice (n_layer counts the runs)."""
+
+    @property
+    def is_v1(self) -> bool:
+        """True for MobileLLM v1 (run as llama), False for MobileLLM-R1 (run as qwen3)."""
+        return self.architecture == V1_HF_CLASS
+
+    @property
+    def gguf_architecture(self) -> str:
+        """The llama.cpp graph the model runs as."""
+        return V1_GGUF_ARCHITECTURE if self.is_v1 else GGUF_ARCHITECTURE
+
+    @property
+    def source_label(self) -> str:
+        """The family's name, as `info` and `models` show it."""
+        return V1_SOURCE_LABEL if self.is_v1 else SOURCE_ARCHITECTURE_LABEL
 
     @property
     def parameter_count(self) -> int:
@@ -43,7 +64,7 @@ class ModelSpec:
         """
         attention = self.n_embd * self.head_dim * (2 * self.n_head + 2 * self.n_head_kv)
         mlp = 3 * self.n_embd * self.n_ff
-        layer = attention + mlp + 2 * self.n_embd + 2 * self.head_dim
+        layer = attention + mlp + 2 * self.n_embd + (0 if self.is_v1 else 2 * self.head_dim)
         embeddings = self.n_vocab * self.n_embd * (1 if self.tied_embeddings else 2)
         return self.n_layer * layer + embeddings + self.n_embd
 
@@ -102,8 +123,10 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
     if architecture not in SUPPORTED_HF_CLASSES:
         raise InputError(
             f"{where}: unsupported architecture {plain(architecture)}; supported: "
-            f"{', '.join(SUPPORTED_HF_CLASSES)} (MobileLLM-R1 140M/360M/950M)"
+            f"{', '.join(SUPPORTED_HF_CLASSES)} (MobileLLM-R1 140M/360M/950M, MobileLLM v1 125M-1.5B)"
         )
+    if architecture == V1_HF_CLASS:
+        return _v1_spec(config, where)
     text = config.get("text_config", config)
     if not isinstance(text, dict):
         raise wrong_type(where, "text_config", "an object", text)
@@ -225,3 +248,50 @@ def _check_supported_numerics(text: dict[str, Any], spec: ModelSpec, where: str)
         raise InputError(
             f"{where}: attention layer type {', '.join(map(plain, other))} is not supported (only full attention)"
         )
+
+
+def _v1_spec(config: dict[str, Any], where: str) -> ModelSpec:
+    """A MobileLLM v1 config.json (LlamaConfig plus `share_embedding` and `layer_sharing`), validated.
+
+    `share_embedding` decides the tie (the checkpoints say `tie_word_embeddings: false` and hold no
+    lm_head); with `layer_sharing` each of the `num_hidden_layers` blocks runs twice.
+    """
+    n_head = _positive(config, "num_attention_heads", where)
+    n_embd = _positive(config, "hidden_size", where)
+    shared = config.get("share_embedding")
+    tied = (
+        _flag("share_embedding", shared, where, default=True)
+        if shared is not None
+        else _flag("tie_word_embeddings", config.get("tie_word_embeddings"), where, default=True)
+    )
+    sharing = _flag("layer_sharing", config.get("layer_sharing"), where, default=False)
+    blocks = _positive(config, "num_hidden_layers", where)
+    spec = ModelSpec(
+        n_layer=blocks * (2 if sharing else 1),
+        n_embd=n_embd,
+        n_ff=_positive(config, "intermediate_size", where),
+        n_head=n_head,
+        n_head_kv=_positive(config, "num_key_value_heads", where, n_head),
+        head_dim=_positive(config, "head_dim", where, n_embd // n_head),
+        n_vocab=_positive(config, "vocab_size", where),
+        n_ctx=_positive(config, "max_position_embeddings", where, 2048),
+        rope_theta=_positive(config, "rope_theta", where, 10000.0, kind=float),
+        rms_norm_eps=_positive(config, "rms_norm_eps", where, 1e-5, kind=float),
+        tied_embeddings=tied,
+        architecture=V1_HF_CLASS,
+        layer_repeat=2 if sharing else 1,
+    )
+    if spec.n_head % spec.n_head_kv:
+        raise InputError(f"{where}: {spec.n_head} attention heads is not a multiple of {spec.n_head_kv} KV heads")
+    if spec.head_dim % 2:
+        raise InputError(f"{where}: head_dim {spec.head_dim} must be even for RoPE")
+    for key in ("attention_bias", "mlp_bias"):
+        if _flag(key, config.get(key), where, default=False):
+            raise InputError(f"{where}: {key} true is not supported (MobileLLM v1 has no biases)")
+    if config.get("hidden_act", "silu") != "silu":
+        raise InputError(f"{where}: hidden_act {plain(config.get('hidden_act'))} is not supported (SwiGLU uses silu)")
+    rope = _object(config, "rope_scaling", where)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if rope and kind != "default":
+        raise InputError(f"{where}: RoPE scaling ({plain(kind)}) is not supported")
+    return spec

@@ -27,6 +27,7 @@ from .llama_quantizer import quantize_with_llama_cpp
 from .model_spec import ModelSpec, read_config, spec_from_config
 from .quant_types import QUANT_LEVELS, QuantLevel
 from .safetensors_reader import CheckpointTensors
+from .sentencepiece_vocab import SentencePieceSpec, read_sentencepiece
 from .tensor_plan import PlannedTensor, plan_tensors
 from .tokenizer_spec import TokenizerSpec, read_tokenizer
 
@@ -71,7 +72,7 @@ class LoadedCheckpoint:
 
     folder: Path
     spec: ModelSpec
-    tokenizer: TokenizerSpec
+    tokenizer: TokenizerSpec | SentencePieceSpec
     tensors: list[PlannedTensor]
     storage_dtype: str
     metadata: gguf.Metadata
@@ -96,7 +97,9 @@ def load_checkpoint(folder: Path, name: str | None = None) -> LoadedCheckpoint:
     stored = CheckpointTensors(folder)
     tensors = plan_tensors(spec, stored)
     generation = read_json_object(folder / GENERATION_CONFIG, required=False)
-    tokenizer = read_tokenizer(folder, spec.n_vocab, generation)
+    tokenizer = (
+        read_sentencepiece(folder, spec.n_vocab) if spec.is_v1 else read_tokenizer(folder, spec.n_vocab, generation)
+    )
     metadata = checkpoint_metadata(folder, config, generation, name, spec.parameter_count)
     if name:
         metadata.basename, metadata.size_label, metadata.finetune, metadata.version = name, None, None, None

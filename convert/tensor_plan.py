@@ -51,15 +51,26 @@ def interleaved_to_half_split(head_dim: int) -> np.ndarray:
     return np.concatenate([np.arange(0, head_dim, 2), np.arange(1, head_dim, 2)])
 
 
+def half_split_to_interleaved(head_dim: int) -> np.ndarray:
+    """Row order that turns HF Llama's half-split RoPE into llama.cpp's `llama` (interleaved) RoPE.
+
+    The inverse of `interleaved_to_half_split`; llama.cpp's convert_hf_to_gguf.py does the same for
+    LlamaForCausalLM (`LlamaModel.permute`: reshape(n_head, 2, d/2, ...).swapaxes(1, 2)).
+    """
+    return np.arange(head_dim).reshape(2, head_dim // 2).T.ravel()
+
+
 def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTensor]:
     """The ordered tensor list of the GGUF file, with shapes checked against the spec."""
     _check_layer_count(spec, tensors)
-    layout = tensor_layout(spec, tied=spec.tied_embeddings)
+    layout = tensor_layout(
+        spec, tied=spec.tied_embeddings, architecture=spec.gguf_architecture, repeat=spec.layer_repeat
+    )
     _reject_unexpected(spec, tensors, {t.hf_name for t in layout if t.hf_name is not None})
     return [
         _ones(mapped.gguf_name, mapped.shape[0])
         if mapped.hf_name is None
-        else _from_checkpoint(tensors, mapped, mapped.hf_name, spec.head_dim)
+        else _from_checkpoint(tensors, mapped, mapped.hf_name, spec.head_dim, spec.is_v1)
         for mapped in layout
     ]
 
@@ -67,13 +78,16 @@ def plan_tensors(spec: ModelSpec, tensors: CheckpointTensors) -> list[PlannedTen
 def _check_layer_count(spec: ModelSpec, tensors: CheckpointTensors) -> None:
     """config.json's layer count against the layers the checkpoint holds, before a tensor list is built for it."""
     stored = {int(match[1]) for name in tensors.tensors if (match := _LAYER_NAME.match(name))}
-    if spec.n_layer > len(stored):
+    blocks = spec.n_layer // spec.layer_repeat
+    if blocks > len(stored):
         raise InputError(
-            f"{tensors.folder}: config.json gives num_hidden_layers {spec.n_layer}, the checkpoint holds {len(stored)}"
+            f"{tensors.folder}: config.json gives num_hidden_layers {blocks}, the checkpoint holds {len(stored)}"
         )
 
 
-def _from_checkpoint(tensors: CheckpointTensors, mapped: MappedTensor, source: str, head_dim: int) -> PlannedTensor:
+def _from_checkpoint(
+    tensors: CheckpointTensors, mapped: MappedTensor, source: str, head_dim: int, v1: bool
+) -> PlannedTensor:
     name, shape, permute_heads = mapped.gguf_name, mapped.shape, mapped.permuted_heads
     if source not in tensors:
         raise InputError(f"{tensors.folder}: tensor {source} is missing from the checkpoint")
@@ -87,7 +101,7 @@ def _from_checkpoint(tensors: CheckpointTensors, mapped: MappedTensor, source: s
         return PlannedTensor(
             name, shape, source, lambda start, stop: tensors.read_rows(source, start, stop), tensors.dtype(source)
         )
-    order = interleaved_to_half_split(head_dim)
+    order = half_split_to_interleaved(head_dim) if v1 else interleaved_to_half_split(head_dim)
 
     def read_permuted(start: int, stop: int) -> np.ndarray:
         whole = tensors.read_rows(source, 0, shape[0])
@@ -102,10 +116,11 @@ def _ones(name: str, size: int) -> PlannedTensor:
 
 def _reject_unexpected(spec: ModelSpec, tensors: CheckpointTensors, used: set[str]) -> None:
     ignorable = {TIED_OUTPUT_HF_NAME} if spec.tied_embeddings else set()
+    blocks = f"{spec.n_layer // spec.layer_repeat} blocks" if spec.layer_repeat > 1 else f"{spec.n_layer}-layer"
     extra = sorted(n for n in tensors.tensors if n not in used and n not in ignorable and "rotary_emb" not in n)
     if extra:
         more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
         raise InputError(
             f"{tensors.folder}: unexpected tensor(s) {', '.join(extra[:3])}{more}; "
-            f"config.json describes a {spec.n_layer}-layer dense model"
+            f"config.json describes a {blocks} dense model"
         )
