@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mllm_cpu.batched import BatchRequest, Failed, Finished, Piece
@@ -76,30 +77,32 @@ def load_served_models(
 ) -> list[ServedModel]:
     """Resolve and validate each `--model` (store name, file or checkpoint folder, its conversion shown by
     `display`); names must differ."""
-    import llama_cpp
-
     served: list[ServedModel] = []
     for spec in specs or [""]:
-        path = resolve_model(spec, display)
-        model = validate_model_file(path)
-        prepare_load(path)
-        name = path.stem
-        if any(other.name == name for other in served):
-            raise InputError(f"two models are named {name}; serve files with different names")
-        with captured_llama_log():
-            vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-        served.append(
-            ServedModel(
-                name=name,
-                model=model,
-                n_ctx=context_length(model, n_ctx),
-                defaults=sampling_defaults(model.header.metadata),
-                prompt_format=PromptFormat(model.header, vocab),
-                vocab=vocab,
-                grammars=GrammarChecker(path),
-            )
-        )
+        model = served_model(resolve_model(spec, display), n_ctx)
+        if any(other.name == model.name for other in served):
+            raise InputError(f"two models are named {model.name}; serve files with different names")
+        served.append(model)
     return served
+
+
+def served_model(path: Path, n_ctx: int | None) -> ServedModel:
+    """A validated model file (its first load checked) with a vocabulary-only copy of it loaded."""
+    import llama_cpp
+
+    model = validate_model_file(path)
+    prepare_load(path)
+    with captured_llama_log():
+        vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    return ServedModel(
+        name=path.stem,
+        model=model,
+        n_ctx=context_length(model, n_ctx),
+        defaults=sampling_defaults(model.header.metadata),
+        prompt_format=PromptFormat(model.header, vocab),
+        vocab=vocab,
+        grammars=GrammarChecker(path),
+    )
 
 
 @dataclass(frozen=True)

@@ -649,10 +649,11 @@ def run_batch(
     aside (renamed, see ResultsFile.set_aside). The file is locked for the whole run (a second
     run on it fails at once); a stream `out_path` (stdout, /dev/null) is written, never read.
     `on_start` hears what was found before solving. `timeout` bounds each HumanEval answer's
-    run. With `parallel` > 1 that many problems are solved at once (for endpoints) and records
-    are written as they finish. A problem whose prompt does not fit the context is recorded as
-    failed (`failure`) and never tried again on this file. With `on_failure`, a problem whose
-    endpoint failed is reported to it and left out (a rerun solves it); without, the error is raised.
+    run. With `parallel` > 1 that many problems are solved at once (over endpoints, or decoded
+    together by a local model's runner) and records are written as they finish. A problem whose
+    prompt does not fit the context is recorded as failed (`failure`) and never tried again on this
+    file. With `on_failure`, a problem whose reply failed (an endpoint's error, a runner's crash) is
+    reported to it and left out (a rerun solves it); without, the error is raised.
     `budget` and `answer_tokens` set a thinking budget (see mllm_cpu/budget.py).
     """
     _check_unique_ids(problems)
@@ -660,7 +661,9 @@ def run_batch(
     model = model or engine.identity()
     settings = BatchSettings.of(task, options, budget, answer_tokens)
 
-    def solve_problem(problem: Problem) -> BatchRecord:
+    def solve_problem(problem: Problem) -> Solution | BatchRecord:
+        """The problem's solution (graded by the caller's thread, where math-verify's time limit works), or
+        the failed record of a prompt too long for the context."""
         seeded = options if options.seed is None else replace(options, seed=problem_seed(options.seed, problem.id))
         problem_task = task if task != AUTO_TASK else (problem.task or AUTO_TASK)
         prompt = problem_prompt(problem)
@@ -678,7 +681,7 @@ def run_batch(
             return BatchRecord.failed(problem, choose_task(problem_task, prompt).name, str(error), model, settings)
         if solution.stop_reason == StopReason.INTERRUPTED:
             raise KeyboardInterrupt
-        return BatchRecord.of(problem, solution, grade(problem, solution, timeout), model, settings)
+        return solution
 
     wanted = {problem.id for problem in problems}
     with hold_results(out_path) as results:
@@ -689,7 +692,12 @@ def run_batch(
         graded = sum(record.correct is not None for record in finished.values())
         correct = sum(record.correct is True for record in finished.values())
         pending = [problem for problem in problems if problem.id not in finished]
-        for problem, record in solve_each(solve_problem, pending, parallel, on_failure):
+        for problem, outcome in solve_each(solve_problem, pending, parallel, on_failure):
+            record = (
+                outcome
+                if isinstance(outcome, BatchRecord)
+                else BatchRecord.of(problem, outcome, grade(problem, outcome, timeout), model, settings)
+            )
             results.append(record)
             finished[problem.id] = record
             graded += record.correct is not None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
+from mllm_cpu.backend import ReplyFailed
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.user_files import size_text
 from mllm_cpu.core.values import MIB
@@ -53,7 +54,7 @@ _ESCAPE_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07
 """Terminal escape sequences: CSI (colours, cursor), OSC (titles, links) and the two-character ones."""
 
 
-class EndpointError(InputError):
+class EndpointError(ReplyFailed):
     """A request an endpoint did not answer, after every attempt; the message names the endpoint."""
 
 

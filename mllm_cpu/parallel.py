@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from mllm_cpu.endpoint import EndpointError
+from mllm_cpu.backend import ReplyFailed
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -23,14 +23,14 @@ def solve_each(
 
     Up to `parallel` items are solved at once on daemon threads (so Ctrl-C in the caller never
     waits for them), while the caller handles each result on its own thread, one at a time.
-    An item whose endpoint failed (EndpointError) goes to `on_failure` when given; any other
+    An item whose reply failed (ReplyFailed: an endpoint or the model runner) goes to `on_failure` when given; any other
     error is raised, after which no new item is started.
     """
     if parallel <= 1:
         for item in items:
             try:
                 result = solve(item)
-            except EndpointError as error:
+            except ReplyFailed as error:
                 if on_failure is None:
                     raise
                 on_failure(item, error)
@@ -60,7 +60,7 @@ def solve_each(
             item, outcome, failure = done.get()
             if failure is None:
                 yield item, outcome  # type: ignore[misc]
-            elif isinstance(failure, EndpointError) and on_failure is not None:
+            elif isinstance(failure, ReplyFailed) and on_failure is not None:
                 on_failure(item, failure)
             else:
                 raise failure

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from mllm_cpu.backend import Backend
+from mllm_cpu.backend import Backend, BatchedBackend
 from mllm_cpu.batch import (
     DEFAULT_TIMEOUT,
     BatchProgress,
@@ -226,9 +226,12 @@ def solve_batches(request: SolveRequest, models: ModelSource, display: SolveDisp
             target = budget_results_path(target, budget)
         if any(summary.results == target for summary in summaries) and not is_stream(target):
             raise InputError(f"two models would write to {target}; give them files with different names")
-        summary, _, interrupted = _model_batch(
-            request, problems, models, backend, target, budget, display, parallel=request.parallel or 1
-        )
+        try:
+            summary, _, interrupted = _model_batch(
+                request, problems, models, backend, target, budget, display, parallel=request.parallel or 1
+            )
+        finally:
+            _release(backend)
         summaries.append(summary)
         del backend
         if interrupted:
@@ -253,14 +256,25 @@ def solve_sweep(request: SolveRequest, models: ModelSource, display: SolveDispla
     base = _results_path(request, identity, several=False)
     points: list[BudgetPoint] = []
     interrupted = False
-    for budget in request.budgets:
-        display.sweep_budget(budget)
-        target = base if is_stream(base) else budget_results_path(base, budget)
-        _, records, interrupted = _model_batch(request, problems, models, backend, target, budget, display)
-        points.append(budget_point(budget, target, len(problems), records))
-        if interrupted:
-            break
+    try:
+        for budget in request.budgets:
+            display.sweep_budget(budget)
+            target = base if is_stream(base) else budget_results_path(base, budget)
+            _, records, interrupted = _model_batch(
+                request, problems, models, backend, target, budget, display, parallel=request.parallel or 1
+            )
+            points.append(budget_point(budget, target, len(problems), records))
+            if interrupted:
+                break
+    finally:
+        _release(backend)
     return SweepOutcome(identity, points, interrupted)
+
+
+def _release(backend: Backend) -> None:
+    """Stop a local model's runner process (the other backends hold no process)."""
+    if isinstance(backend, BatchedBackend):
+        backend.close()
 
 
 def _batch_problems(request: SolveRequest) -> list[Problem]:
@@ -335,5 +349,6 @@ def _model_batch(
             interrupted = True
             ids = {problem.id for problem in problems}
             records = already + written if is_stream(target) else [r for r in read_results(target) if r.id in ids]
-    quant = summarize_header(backend.model.header).file_type if isinstance(backend, Engine) else None
+    local = backend if isinstance(backend, (Engine, BatchedBackend)) else None
+    quant = summarize_header(local.model.header).file_type if local is not None else None
     return model_summary(identity, quant, target, len(problems), records), records, interrupted

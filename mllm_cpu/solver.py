@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mllm_cpu.answers import answers_match, extract_answer
-from mllm_cpu.backend import Backend
+from mllm_cpu.backend import Backend, BatchedBackend
 from mllm_cpu.budget import ThinkingBudget, answer_start, generate_with_budget, split_tokens
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.engine import Engine, Generation, Message, StopReason
@@ -95,18 +95,21 @@ def solve(
     messages = problem_messages(problem, preset)
     forced = False
     if budget is not None:
-        if not isinstance(engine, Engine):
-            raise InputError("--budget needs a local model, not an --endpoint")
         limits = ThinkingBudget(budget, answer_tokens or preset.answer_tokens)
-        budgeted = generate_with_budget(
-            engine,
-            engine.render_chat(messages),
-            preset,
-            limits,
-            options or engine.default_options(),
-            on_text,
-            reuse_prefix=reuse_prefix,
-        )
+        if isinstance(engine, Engine):
+            budgeted = generate_with_budget(
+                engine,
+                engine.render_chat(messages),
+                preset,
+                limits,
+                options or engine.default_options(),
+                on_text,
+                reuse_prefix=reuse_prefix,
+            )
+        elif isinstance(engine, BatchedBackend):
+            budgeted = engine.chat_with_budget(messages, preset, limits, options or engine.default_options(), on_text)
+        else:
+            raise InputError("--budget needs a local model, not an --endpoint")
         generation, forced = budgeted.generation, budgeted.forced
         reasoning, answer_count = budgeted.reasoning_tokens, budgeted.answer_tokens
     else:
@@ -140,6 +143,8 @@ def _split(engine: Backend, generation: Generation, preset: TaskPreset) -> tuple
     """(reasoning, answer) tokens: exact for a local model, by share of the text for an endpoint."""
     if isinstance(engine, Engine):
         return split_tokens(engine.llama.detokenize, generation, preset)
+    if isinstance(engine, BatchedBackend):
+        return split_tokens(engine.detokenize, generation, preset)
     share = answer_start(generation.text, preset) / len(generation.text) if generation.text else 1.0
     reasoning = round(generation.generated_tokens * share)
     return reasoning, generation.generated_tokens - reasoning

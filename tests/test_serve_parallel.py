@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from helpers.arithmetic_task import MATH, SumProblem, converted_pair, problems, render_prompt
+from helpers.cli_runner import child_pids
 from helpers.serve_process import ServeProcess, get
 from mllm_cpu.answers import extract_answer
 from mllm_cpu.batched import BatchRequest, Failed, Finished, Piece
@@ -179,9 +180,7 @@ def test_a_runner_killed_under_the_server_ends_its_stream_with_an_error_and_the_
 
 
 def _only_child(pid: int) -> int:
-    """The one child process of `pid` (the model runner), from /proc."""
-    children = [
-        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
-    ]
+    """The one child process of `pid` (the model runner)."""
+    children = child_pids(pid)
     assert len(children) == 1, children
     return children[0]

@@ -142,7 +142,15 @@ OPTIONS: dict[str, OptionSpec] = {
             "API key (bearer token) for --endpoint, or the key `serve` requires.",
             envvar=API_KEY_ENV,
         ),
-        OptionSpec("parallel", ("--parallel",), int, "Batch: requests in flight, spread over the endpoints.", 1, 256),
+        OptionSpec(
+            "parallel",
+            ("--parallel",),
+            int,
+            "Batch: problems solved at once (spread over the --endpoint servers, or decoded together by the "
+            "local model).",
+            1,
+            256,
+        ),
         OptionSpec(
             "budget",
             ("--budget",),
@@ -206,6 +214,17 @@ class Flags:
             draft = resolve_model(self.draft, conversion_bars) if self.draft is not None else None
             return Engine(path, n_ctx=self.ctx, threads=self.threads, draft=draft, lookup=self.lookup)
 
+    def load_runner(self) -> Backend:
+        """The local model in a runner process that decodes `--parallel` replies together, with a spinner."""
+        from mllm_cpu.runner_backend import RunnerBackend
+
+        if self.draft is not None or self.lookup is not None:
+            raise InputError("--draft and --lookup speed up one reply at a time; not with --parallel")
+        assert self.parallel is not None
+        path = resolve_model(self.model, conversion_bars)
+        with err.status(f"loading {path.name} ({self.parallel} problems at once)"):
+            return RunnerBackend(path, self.parallel, n_ctx=self.ctx, threads=self.threads, log=_notice)
+
     def budgets(self) -> list[int]:
         """The `--budget` values (several for a sweep), empty when not given; InputError when malformed."""
         if self.budget is None:
@@ -228,7 +247,7 @@ class Flags:
         endpoints = self.endpoints or ((self.endpoint,) if self.endpoint else ())
         if not endpoints:
             if self.parallel not in (None, 1):
-                raise InputError("--parallel spreads requests over --endpoint servers; give at least one")
+                return self.load_runner()
             return self.load_engine()
         if self.ctx is not None or self.threads is not None:
             raise InputError("--ctx and --threads set up a local model; the --endpoint server has its own")
@@ -241,6 +260,11 @@ class Flags:
         """The model's sampling defaults with the flags the user gave applied on top."""
         given = {name: getattr(self, name) for name in SCALAR_FIELDS if getattr(self, name) is not None}
         return replace(engine.default_options(), **given)
+
+
+def _notice(line: str) -> None:
+    """A runner's one-line report (it crashed, it is running again), on stderr."""
+    err.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

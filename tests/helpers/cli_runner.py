@@ -22,3 +22,9 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 def files_in(folder: Path) -> list[str]:
     """Every file name below a folder (hidden ones too)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def child_pids(pid: int) -> list[int]:
+    """The child processes of `pid` (its model runner, say), from /proc."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return [int(child) for task in tasks for child in (task / "children").read_text().split()]
