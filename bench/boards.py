@@ -102,6 +102,8 @@ class FitCheck:
     kv_bytes: int
     compute_bytes: int
     max_context: int
+    sequences: int = 1
+    """Sequences decoded together, each with a KV cache of `n_ctx` tokens (`bench --parallel`)."""
 
     @property
     def total_bytes(self) -> int:
@@ -120,7 +122,7 @@ class FitCheck:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitCheck:
         """The inverse of `to_dict`."""
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 def fit_check(
@@ -132,8 +134,10 @@ def fit_check(
     weight_bytes: int,
     compute_bytes: int,
     n_ctx: int,
+    sequences: int = 1,
 ) -> FitCheck:
-    """Check a context length against the budget and find the largest context that fits.
+    """Check a context length (of each of `sequences` sequences) against the budget and find the largest
+    context that fits.
 
     `weight_bytes` is the tensor data llama.cpp maps or repacks; `compute_bytes` the compute
     and output buffers llama.cpp reserves (with flash attention they hardly grow with the
@@ -144,14 +148,15 @@ def fit_check(
         raise InputError(f"context length must be at least 1, got {n_ctx}")
     per_cell = kv_cache_bytes(n_layer, n_head_kv, head_dim, CONTEXT_PADDING) // CONTEXT_PADDING
     room = board.budget_bytes - weight_bytes - compute_bytes
-    largest = max(0, room // per_cell // CONTEXT_PADDING * CONTEXT_PADDING) if room > 0 else 0
+    largest = max(0, room // sequences // per_cell // CONTEXT_PADDING * CONTEXT_PADDING) if room > 0 else 0
     return FitCheck(
         board=board.key,
         budget_bytes=board.budget_bytes,
         n_ctx=n_ctx,
         kv_cells=padded_context(n_ctx),
         weight_bytes=weight_bytes,
-        kv_bytes=kv_cache_bytes(n_layer, n_head_kv, head_dim, n_ctx),
+        kv_bytes=sequences * kv_cache_bytes(n_layer, n_head_kv, head_dim, n_ctx),
         compute_bytes=compute_bytes,
         max_context=min(largest, n_ctx_train),
+        sequences=sequences,
     )

@@ -23,6 +23,7 @@ from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.tasks import get_preset
 
+from .boards import FitCheck
 from .speed import CHAT_PROBLEM
 
 SCHEMA = "mllm-cpu-bench-endpoint/1"
@@ -114,15 +115,20 @@ class EndpointRun:
     parameters: dict[str, Any]
     results: list[ConcurrencyResult] = field(default_factory=list)
     schema: str = SCHEMA
+    fits: list[FitCheck] = field(default_factory=list)
+    """The memory fit at each level of a local run (`bench --parallel`); empty for servers."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
+        data: dict[str, Any] = {
             "schema": self.schema,
             "created": self.created,
             "parameters": self.parameters,
             "results": [r.to_dict() for r in self.results],
         }
+        if self.fits:
+            data["fits"] = [fit.to_dict() for fit in self.fits]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointRun:
@@ -132,6 +138,7 @@ class EndpointRun:
             parameters=data["parameters"],
             results=[ConcurrencyResult.from_dict(r) for r in data["results"]],
             schema=data.get("schema", SCHEMA),
+            fits=[FitCheck.from_dict(fit) for fit in data.get("fits", [])],
         )
 
 
@@ -285,6 +292,12 @@ def endpoint_rows(run: EndpointRun) -> tuple[list[str], list[list[str]]]:
 
 def endpoint_caption(run: EndpointRun) -> str:
     """One line on what was measured."""
+    if "parallel" in run.parameters:
+        return (
+            f"greedy requests of exactly {run.parameters['n_gen']} tokens, all of a level submitted at once to one "
+            f"batched engine ({run.parameters['threads']} threads, a {run.parameters['n_ctx']}-token context each); "
+            "TTFT and decode speed from token times; aggregate = all tokens / wall time"
+        )
     return (
         f"greedy chat requests of up to {run.parameters['n_gen']} tokens, all of a concurrency sent at once; "
         "TTFT and decode speed from streamed chunk times; aggregate = all tokens / wall time"
@@ -346,5 +359,10 @@ def render_endpoint(run: EndpointRun, output_format: str) -> str:
         return to_csv(run)
     if output_format == "md":
         columns, rows = endpoint_rows(run)
-        return _markdown_table(columns, rows) + "\n\n" + endpoint_caption(run) + "\n"
+        text = _markdown_table(columns, rows) + "\n\n" + endpoint_caption(run) + "\n"
+        if run.fits:
+            from .parallel import fit_rows
+
+            text += "\n" + _markdown_table(*fit_rows(run.fits)) + "\n"
+        return text
     raise InputError(f"unknown output format {output_format}; choose from: {', '.join(FORMATS)}")

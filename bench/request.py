@@ -1,6 +1,7 @@
 """What `mllm-cpu bench` was asked for, checked before anything is measured, and one function per mode:
-local files or synthetic models (`bench_local`), OpenAI-compatible servers (`bench_endpoints`) and
-speculative decoding (`bench_draft`). The command shows the progress and prints the results."""
+local files or synthetic models (`bench_local`), OpenAI-compatible servers (`bench_endpoints`), batched
+decoding of a local file (`bench_parallel`) and speculative decoding (`bench_draft`). The command shows
+the progress and prints the results."""
 
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ from mllm_cpu.core.values import comma_list
 from mllm_cpu.hardware import physical_cores
 from mllm_cpu.store import DEFAULT_QUANT, ConversionDisplay, resolve_model
 
+from .boards import parse_board
 from .draft import DraftBench, run_draft_bench
 from .endpoint import EndpointRun, run_endpoint_benchmark
 from .llama_session import DEFAULT_FLASH_ATTN, parse_flash_attn
+from .parallel import check_levels, run_parallel_benchmark
 from .report import chosen_format
 from .results import BenchRun
 from .runner import BenchOptions, BenchProgress, resolve_models, run_benchmark
 from .synthetic_models import parse_sizes
 
-BenchMode = Literal["local", "endpoint", "draft"]
+BenchMode = Literal["local", "endpoint", "draft", "parallel"]
 
 
 def int_list(text: str, option: str) -> list[int]:
@@ -66,13 +69,17 @@ class BenchRequest:
     endpoints: tuple[str, ...] = ()
     api_key: str | None = None
     draft: str | None = None
+    parallel: str | None = None
 
     @property
     def mode(self) -> BenchMode:
-        """Which measurement: drafting (--draft), servers (--endpoint), else local files and synthetic models."""
+        """Which measurement: drafting (--draft), servers (--endpoint), batched decoding (--parallel), else
+        local files and synthetic models."""
         if self.draft is not None:
             return "draft"
-        return "endpoint" if self.endpoints else "local"
+        if self.endpoints:
+            return "endpoint"
+        return "parallel" if self.parallel is not None else "local"
 
     def output_format(self) -> str | None:
         """The report format (--json, --csv, --md or --out's suffix), None for tables."""
@@ -89,6 +96,12 @@ class BenchRequest:
         elif self.mode == "endpoint":
             if self.synthetic is not None or len(self.models) > 1:
                 raise InputError("with --endpoint, name at most one served model (no --synthetic)")
+            if self.parallel is not None:
+                raise InputError("--parallel measures a local model; with --endpoint, use --concurrency")
+        elif self.mode == "parallel":
+            if self.synthetic is not None or len(self.models) != 1:
+                raise InputError("bench --parallel LEVELS MODEL: name exactly one model (no --synthetic)")
+            check_levels(int_list(self.parallel or "", "--parallel"))
         else:
             self.bench_options().validate()
             if self.quant is not None and self.synthetic is None:
@@ -149,6 +162,26 @@ def bench_endpoints(request: BenchRequest, on_step: Callable[[str], None]) -> En
         request.models[0] if request.models else None,
         levels,
         gens[0],
+        warmup=request.warmup,
+        on_step=on_step,
+    )
+
+
+def bench_parallel(
+    request: BenchRequest, on_step: Callable[[str], None], display: ConversionDisplay | None = None
+) -> EndpointRun:
+    """Batched decoding of the one model of a validated request at each --parallel level."""
+    assert request.parallel is not None
+    if request.out_file is not None:
+        ensure_writable_file(request.out_file, "--out")
+    threads = int_list(request.threads, "-t/--threads")[0] if request.threads is not None else physical_cores()
+    return run_parallel_benchmark(
+        resolve_model(request.models[0], display),
+        int_list(request.parallel, "--parallel"),
+        int_list(request.n_gen, "-n/--n-gen")[0],
+        n_ctx=request.n_ctx,
+        threads=threads,
+        board=parse_board(request.board),
         warmup=request.warmup,
         on_step=on_step,
     )

@@ -344,6 +344,11 @@ class BatchedEngine:
         self._llama_cpp.llama_decode(self._context, self._batch)
         self._llama_cpp.llama_memory_clear(self._memory, True)
 
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes of the model's tensors as llama.cpp holds them."""
+        return int(self._llama_cpp.llama_model_size(self._handle))
+
     # the Backend side
 
     def default_options(self) -> SamplingOptions:

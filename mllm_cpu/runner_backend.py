@@ -97,7 +97,7 @@ class RunnerBackend:
         preset: TaskPreset | None = None,
     ) -> BatchRequest:
         prompt_format = self.served.prompt_format
-        tokens = prompt_format.tokenize(prompt_format.render(messages))
+        tokens = prompt_format.tokenize(prompt_format.render(messages), limit=self.served.n_ctx)
         return BatchRequest(tokens, options, prompt_format.stop_texts, budget=budget, preset=preset)
 
     def _reply(self, request: BatchRequest, on_text: Callable[[str], None] | None) -> Finished:

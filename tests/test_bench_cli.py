@@ -38,6 +38,11 @@ def corrupt_gguf(tmp_path: Path) -> Path:
         (["{tiny}", "--out", "{tmp}/result.txt"], "say the format"),
         (["{tiny}", "--out", "{tmp}/missing/result.json"], "does not exist"),
         ([], "give GGUF files"),
+        (["{tiny}", "--parallel", "0"], "--parallel must be between 1 and 64, got 0"),
+        (["{tiny}", "--parallel", "1,x"], "--parallel takes comma-separated integers"),
+        (["--synthetic", "140m", "--parallel", "2"], "bench --parallel LEVELS MODEL: name exactly one model"),
+        (["{tiny}", "--parallel", "2", "-n", "1"], "-n/--n-gen must be at least 2"),
+        (["{tiny}", "--parallel", "2", "--ctx", "64", "-n", "60"], "do not fit --ctx 64"),
     ],
 )
 def test_bad_options_and_files_are_one_clear_line(
@@ -115,3 +120,26 @@ def test_depth_and_flash_attention_as_llama_bench_takes_them(synthetic_tiny_gguf
     assert " fa " in header
     assert sum(" tg4 @ d16 " in line for line in table.stdout.splitlines()) == 2
     assert "flash attention off as in chat and solve" in table.stdout
+
+
+def test_parallel_levels_decode_together_with_the_memory_of_each_level(synthetic_tiny_gguf: Path) -> None:
+    result = run_cli(
+        "bench", str(synthetic_tiny_gguf), "--parallel", "1,3", "-n", "6", "--ctx", "256", "-t", "1", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert [level["concurrency"] for level in run["results"]] == [1, 3]
+    for level in run["results"]:
+        assert len(level["requests"]) == level["concurrency"] and not level["errors"]
+        assert all(request["tokens"] == 6 for request in level["requests"])  # end-of-generation masked
+        assert level["aggregate_ts"] > 0 and level["ttft_ms"] > 0
+    one, three = run["fits"]
+    assert (one["sequences"], three["sequences"]) == (1, 3)
+    assert three["kv_bytes"] == 3 * one["kv_bytes"] and three["weight_bytes"] == one["weight_bytes"]
+    assert three["max_context"] <= one["max_context"]
+    table = run_cli("bench", str(synthetic_tiny_gguf), "--parallel", "2", "-n", "4", "--ctx", "256", "-t", "1")
+    assert table.returncode == 0, table.stderr
+    assert "Batched decoding" in table.stdout and "Memory fit" in table.stdout
+    lines = table.stdout.splitlines()
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if line.startswith("│ local")]
+    assert [row[2] for row in rows] == ["2"]  # one level, its concurrency column

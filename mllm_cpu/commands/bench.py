@@ -22,8 +22,9 @@ from rich.table import Table
 from mllm_cpu.bench.draft import DraftBench, cost_rows, measured_note, prediction_rows
 from mllm_cpu.bench.endpoint import EndpointRun, endpoint_caption, endpoint_rows, render_endpoint
 from mllm_cpu.bench.llama_session import DEFAULT_FLASH_ATTN, RUNTIME_FLASH_ATTN
+from mllm_cpu.bench.parallel import fit_rows as parallel_fit_rows
 from mllm_cpu.bench.report import caption, fit_caption, fit_rows, render, right_aligned, speed_table, write_report
-from mllm_cpu.bench.request import BenchRequest, bench_draft, bench_endpoints, bench_local
+from mllm_cpu.bench.request import BenchRequest, bench_draft, bench_endpoints, bench_local, bench_parallel
 from mllm_cpu.bench.results import BenchRun
 from mllm_cpu.bench.runner import BenchProgress
 from mllm_cpu.commands.console import (
@@ -119,7 +120,10 @@ def _report_endpoints(run: EndpointRun, output_format: str | None, out_file: Pat
     """An endpoint run in the chosen format, on stdout or into --out, else as a table."""
     if _emit(lambda: render_endpoint(run, output_format or ""), output_format, out_file):
         return
-    print_table(rich_table("Serving speed", *endpoint_rows(run), note=endpoint_caption(run)))
+    title = "Batched decoding" if run.fits else "Serving speed"
+    print_table(rich_table(title, *endpoint_rows(run), note=endpoint_caption(run)))
+    if run.fits:
+        print_table(rich_table("Memory fit", *parallel_fit_rows(run.fits), note="KV cache: every sequence's own"))
 
 
 def _report_draft(run: DraftBench, json_output: bool) -> None:
@@ -201,13 +205,23 @@ def bench(
     md_output: Annotated[bool, typer.Option("--md", help="Markdown tables.")] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the chosen format to this file.")] = None,
     concurrency: Annotated[str, typer.Option(help="With --endpoint: requests sent at once, comma list.")] = "1,2,4,8",
+    parallel: Annotated[
+        str | None,
+        typer.Option(
+            help="Batched decoding of one local MODEL: sequences decoded together, comma list (e.g. 1,2,4,8); "
+            "--ctx is each sequence's context.",
+            show_default=False,
+        ),
+    ] = None,
     *,
     flags: Flags,
 ) -> None:
     """Measure pp/tg tokens per second (as llama-bench), load time, peak memory, TTFT and fit.
 
     With --endpoint, measure OpenAI-compatible servers instead: time to first token, per-request
-    and aggregate decode t/s at each --concurrency (MODELS then names the served model).
+    and aggregate decode t/s at each --concurrency (MODELS then names the served model). With
+    --parallel, the same for one local model decoding N sequences together, and the memory of
+    N sequences' KV caches on --board.
     """
     request = BenchRequest(
         models=tuple(models or ()),
@@ -233,6 +247,7 @@ def bench(
         endpoints=tuple(flags.endpoints),
         api_key=flags.api_key,
         draft=flags.draft,
+        parallel=parallel,
     )
     request.validate()
     if request.mode == "draft":
@@ -245,5 +260,11 @@ def bench(
         with err.status("measuring") as status:
             endpoint_run = bench_endpoints(request, on_step=lambda text: status.update(f"measuring {text}"))
         _report_endpoints(endpoint_run, request.output_format(), out_file)
+    elif request.mode == "parallel":
+        with err.status("measuring") as status:
+            parallel_run = bench_parallel(
+                request, on_step=lambda text: status.update(f"measuring {text}"), display=conversion_bars
+            )
+        _report_endpoints(parallel_run, request.output_format(), out_file)
     else:
         _report_local(bench_local(request, _BenchBars(), conversion_bars), ctx, request.output_format(), out_file)
