@@ -310,7 +310,6 @@ class BatchedEngine:
         self._closing = False
         self.decoded_tokens = 0
         """Tokens evaluated so far (prompts, cues, generated tokens): what the shared prefix saves shows here."""
-        self._warm_up()
         self._thread = threading.Thread(target=self._loop, name="batched-engine", daemon=True)
         self._thread.start()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -339,7 +338,9 @@ class BatchedEngine:
         return context
 
     def _warm_up(self) -> None:
-        """Evaluate one token and forget it, as the single-sequence Engine does."""
+        """Evaluate one token and forget it, as the single-sequence Engine does. On the loop's thread: llama.cpp's
+        OpenMP threads serve the thread that computes, and a second thread computing (here, the one that loaded
+        the model) makes them back off early at every barrier, which halved a single stream's decode speed."""
         self._fill([(self._bos, 0, 0, True)])
         self._llama_cpp.llama_decode(self._context, self._batch)
         self._llama_cpp.llama_memory_clear(self._memory, True)
@@ -467,6 +468,7 @@ class BatchedEngine:
             self._condition.notify()
 
     def _loop(self) -> None:
+        self._warm_up()
         while True:
             with self._condition:
                 while not self._closing and not self._waiting and not self._active:

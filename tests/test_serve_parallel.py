@@ -20,6 +20,7 @@ from helpers.cli_runner import child_pids
 from helpers.serve_process import ServeProcess, get
 from mllm_cpu.answers import extract_answer
 from mllm_cpu.batched import BatchRequest, Failed, Finished, Piece
+from mllm_cpu.core import gguf_keys
 from mllm_cpu.engine import Engine, StopReason
 from mllm_cpu.model_file import validate_model_file
 from mllm_cpu.prompt_format import PromptFormat, load_vocabulary
@@ -54,7 +55,10 @@ def test_a_runner_killed_mid_stream_fails_the_stream_and_serves_the_next_request
         first_pid = runner.pid
         assert first_pid is not None and first_pid != os.getpid()
         request = BatchRequest(prompts.tokenize(render_prompt("What is 1 + 2?")), GREEDY)
-        endless = BatchRequest(request.tokens, SamplingOptions(temperature=1.0, max_tokens=CTX - 100, seed=1))
+        endless = BatchRequest(
+            request.tokens,
+            SamplingOptions(temperature=1.0, max_tokens=CTX - 100, seed=1, logit_bias=_never_stop(target)),
+        )
         events = iter(runner.submit(endless))
         for _ in range(3):
             assert isinstance(next(events), Piece)
@@ -158,7 +162,7 @@ def test_eight_streams_decoded_four_at_a_time_grade_as_each_alone(server: ServeP
 
 
 def test_a_runner_killed_under_the_server_ends_its_stream_with_an_error_and_the_next_request_is_served(
-    server: ServeProcess,
+    server: ServeProcess, target: Path
 ) -> None:
     runner = _only_child(server.process.pid)
     chunks = _client(server).chat.completions.create(
@@ -166,6 +170,7 @@ def test_a_runner_killed_under_the_server_ends_its_stream_with_an_error_and_the_
         messages=[{"role": "user", "content": render_prompt("What is 1 + 2?")}],
         temperature=1.0,
         seed=1,
+        logit_bias={str(token): -100 for token in _never_stop(target)},
         max_tokens=CTX - 200,
         stream=True,
     )
@@ -177,6 +182,13 @@ def test_a_runner_killed_under_the_server_ends_its_stream_with_an_error_and_the_
     assert reply["answer"] == "\\boxed{3}" and server.process.poll() is None
     assert _only_child(server.process.pid) != runner
     assert any(f"(PID {runner}) ended with SIGSEGV" in line for line in server.stderr)
+
+
+def _never_stop(model: Path) -> dict[int, float]:
+    """A logit bias that keeps the model's end tokens out, so a stream goes on until it is killed."""
+    header = validate_model_file(model).header
+    ends = {header.get(key) for key in (gguf_keys.EOS_ID, gguf_keys.EOT_ID)} - {None}
+    return {int(token): -100.0 for token in ends}
 
 
 def _only_child(pid: int) -> int:
