@@ -28,6 +28,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from mllm_cpu.tasks import PRESETS
+
 MAX_RENDER_CHARS = 200_000
 """The longest text one render request may give (about a 32k-token reply)."""
 MAX_MATH_CHARS = 4_000
@@ -177,14 +179,23 @@ ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
     "pre": {"class"},
     "span": {"class", "title"},
     "div": {"class"},
+    "p": {"class"},
 }
 """The attributes each tag may keep (none carries script, style or a URL but `a href`)."""
 URL_SCHEMES = {"http", "https", "mailto"}
 
 _BEGIN = re.compile(r"\\begin\{([a-zA-Z]+\*?)\}")
 _DOLLAR_CLOSE = re.compile(r"(?<![\s\\])\$(?!\d)")
-_ENVIRONMENT_NAMES = {"aligned": "align*", "align": "align*", "eqnarray": "align*", "eqnarray*": "align*"}
-"""Environments latex2mathml draws badly, and the one drawn instead (alignment at &, no numbers)."""
+_REDRAWN = re.compile(r"\\begin\{(aligned|align|eqnarray\*?)\}(.*?)\\end\{\1\}", re.DOTALL)
+"""Environments latex2mathml draws badly (or numbers), drawn as align* instead: aligned at &, no numbers."""
+
+
+def render_reply(text: str, task: str | None) -> dict[str, str | None]:
+    """What /extras/render answers: `html`, the text rendered, and `answer`, the last box's content as
+    display MathML (None for a code task, or when no box is closed)."""
+    preset = PRESETS.get(task) if task else None
+    boxed = preset is None or preset.answer_kind == "boxed"
+    return {"html": render_html(text), "answer": final_answer(text) if boxed else None}
 
 
 def render_html(text: str) -> str:
@@ -287,10 +298,8 @@ def _render_block(block: str, budget: _Budget) -> str:
         return cached
     spent = budget.spent
     budget.spent = False
-    if len(block) > MAX_BLOCK_CHARS:
-        rendered = _plain(block)
-    else:
-        rendered = sanitise(_markdown().render(block, {"math": budget}))
+    too_long = len(block) > MAX_BLOCK_CHARS
+    rendered = _plain(block) if too_long else sanitise(_markdown().render(block, {"math": budget}))
     if not budget.spent:
         _CACHE.put(block, rendered)
     budget.spent = budget.spent or spent
@@ -316,7 +325,8 @@ def _blocks(text: str) -> list[str]:
         stripped = line.strip()
         opening = _FENCE.match(line)
         if fence:
-            if opening and opening[1][0] == fence[0] and len(opening[1]) >= len(fence) and not line[opening.end() :].strip():
+            closes = opening and opening[1][0] == fence[0] and len(opening[1]) >= len(fence)
+            if closes and opening and not line[opening.end() :].strip():
                 fence = ""
         elif opening and not (opening[1][0] == "`" and "`" in line[opening.end() :]):
             fence = opening[1]
@@ -387,9 +397,7 @@ def _convert(latex: str, display: bool) -> str | None:
     Cached: a streamed reply is rendered again and again with the same spans."""
     from latex2mathml.converter import convert
 
-    latex = _BEGIN.sub(lambda m: f"\\begin{{{_ENVIRONMENT_NAMES.get(m[1], m[1])}}}", latex)
-    for name, drawn in _ENVIRONMENT_NAMES.items():
-        latex = latex.replace(f"\\end{{{name}}}", f"\\end{{{drawn}}}")
+    latex = _REDRAWN.sub(lambda m: f"\\begin{{align*}}{m[2]}\\end{{align*}}", latex)
     try:
         mathml = convert(latex, display="block" if display else "inline")
     except Exception:  # latex2mathml raises many kinds (and RecursionError) on text that is not its LaTeX
@@ -469,8 +477,8 @@ def _inline_math_at(src: str, pos: int, maximum: int) -> tuple[str, int, bool] |
                 return None
             return src[pos + 2 : close], close + 2, display
     if src.startswith("\\boxed{", pos):
-        close = _closing_brace(src, pos + len("\\boxed"), min(maximum, pos + MAX_BOXED_CHARS))
-        return None if close is None else (src[pos : close + 1], close + 1, False)
+        brace = _closing_brace(src, pos + len("\\boxed"), min(maximum, pos + MAX_BOXED_CHARS))
+        return None if brace is None else (src[pos : brace + 1], brace + 1, False)
     if src.startswith("\\begin{", pos):
         match = _BEGIN.match(src, pos)
         if match is None:
