@@ -16,6 +16,7 @@
   const MAX_CONVERSATIONS = 30;
   const TASKS = ["math", "science", "python", "cpp"];
   const CODE_TASKS = ["python", "cpp"];
+  const ONLY_A_BOX = /^\s*\\boxed\{[^]*\}[\s.]*$/;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -171,16 +172,43 @@
     return response.json();
   }
 
-  // A text shown as it grows: what the server rendered last, then the rest as plain text until the next
-  // render (at most every RENDER_EVERY_MS, one request at a time, the latest text each time).
+  // Where the text's last complete block ends: after its last blank line outside fenced code (0: none).
+  function settledEnd(text) {
+    let end = 0;
+    let fence = "";
+    let at = 0;
+    for (const line of text.split("\n")) {
+      const next = at + line.length + 1;
+      const marker = /^ {0,3}(`{3,}|~{3,})/.exec(line);
+      if (fence) {
+        if (marker && marker[1][0] === fence[0] && marker[1].length >= fence.length && !line.slice(marker[0].length).trim()) fence = "";
+      } else if (marker && !(marker[1][0] === "`" && line.slice(marker[0].length).includes("`"))) {
+        fence = marker[1];
+      } else if (!line.trim() && next <= text.length) {
+        end = next;
+      }
+      at = next;
+    }
+    return end;
+  }
+
+  // A text shown as it grows. Its complete blocks (up to a blank line) are rendered once each and kept;
+  // the open block at the end is rendered again as it grows (at most every RENDER_EVERY_MS, one request
+  // at a time, the latest text each time), and what came after the last render is shown as plain text.
+  // So a long reasoning costs the link only its newest block per render.
   class LiveText {
     constructor(root, task, onRendered) {
       this.md = root.querySelector(".md");
       this.tail = root.querySelector(".tail");
+      this.openNode = element("div", "part");
+      this.md.append(this.openNode);
       this.task = task;
       this.onRendered = onRendered;
       this.text = "";
-      this.rendered = "";
+      this.settled = 0; // length of the text in kept blocks
+      this.openText = ""; // the text the open node shows
+      this.answers = []; // the last answer of each kept block, then of the open one
+      this.openAnswer = null;
       this.timer = null;
       this.pending = null;
       this.frame = 0;
@@ -201,19 +229,16 @@
     }
 
     paint() {
-      if (!this.text.startsWith(this.rendered)) {
-        this.md.replaceChildren();
-        this.rendered = "";
-      }
-      this.tail.textContent = this.text.slice(this.rendered.length);
+      this.tail.textContent = this.text.slice(this.settled + this.openText.length);
     }
 
-    wanted() {
-      return this.text.slice(0, RENDER_LIMIT);
+    behind() {
+      const open = this.text.slice(this.settled);
+      return open !== this.openText && open.length <= RENDER_LIMIT;
     }
 
     schedule() {
-      if (this.timer || this.pending || this.failed || this.wanted() === this.rendered) return;
+      if (this.timer || this.pending || this.failed || !this.behind()) return;
       const wait = Math.max(0, this.last + RENDER_EVERY_MS - Date.now());
       this.timer = setTimeout(() => {
         this.timer = null;
@@ -222,15 +247,12 @@
     }
 
     run() {
-      const text = this.wanted();
       this.last = Date.now();
-      this.pending = renderText(text, this.task)
-        .then((reply) => {
-          if (!this.text.startsWith(text)) return;
-          setHTML(this.md, typeof reply.html === "string" ? reply.html : "");
-          this.rendered = text;
+      this.pending = this.renderNewBlocks()
+        .then(() => {
           this.paint();
-          if (this.onRendered) this.onRendered(reply, this.md);
+          const answer = this.openAnswer || [...this.answers].reverse().find((a) => a) || null;
+          if (this.onRendered) this.onRendered(answer, this.md);
         })
         .catch(() => {
           this.failed = true; // shown as text; tried again when the text grows
@@ -242,6 +264,31 @@
       return this.pending;
     }
 
+    async renderNewBlocks() {
+      let open = this.text.slice(this.settled);
+      let end = settledEnd(open);
+      while (end > 0) {
+        const complete = open.slice(0, Math.min(end, RENDER_LIMIT));
+        const reply = await renderText(complete, this.task);
+        const node = element("div", "part");
+        setHTML(node, text(reply.html));
+        this.md.insertBefore(node, this.openNode);
+        this.answers.push(typeof reply.answer === "string" ? reply.answer : null);
+        this.settled += complete.length;
+        this.openNode.replaceChildren();
+        this.openText = "";
+        this.openAnswer = null;
+        open = this.text.slice(this.settled);
+        end = settledEnd(open);
+      }
+      if (open === this.openText || open.length > RENDER_LIMIT) return;
+      const reply = await renderText(open, this.task);
+      if (!this.text.slice(this.settled).startsWith(open)) return;
+      setHTML(this.openNode, text(reply.html));
+      this.openText = open;
+      this.openAnswer = typeof reply.answer === "string" ? reply.answer : null;
+    }
+
     // Render the whole text now and wait for it.
     async finish() {
       if (this.frame) {
@@ -249,7 +296,7 @@
         this.frame = 0;
       }
       this.paint();
-      for (let round = 0; round < 3; round += 1) {
+      for (let round = 0; round < 4; round += 1) {
         if (this.timer) {
           clearTimeout(this.timer);
           this.timer = null;
@@ -258,7 +305,7 @@
           await this.pending;
           continue;
         }
-        if (this.failed || this.wanted() === this.rendered) break;
+        if (this.failed || !this.behind()) break;
         await this.run();
       }
       if (this.timer) {
@@ -268,27 +315,30 @@
     }
   }
 
-  // Copy buttons on code blocks; the last block of a code task's answer is its final code.
+  // Copy buttons on code blocks (once each); the last block of a code task's answer is its final code.
   function decorateCode(container, task) {
-    const blocks = [...container.querySelectorAll("pre")];
-    blocks.forEach((pre, index) => {
-      const final = CODE_TASKS.includes(task) && index === blocks.length - 1;
-      const wrap = document.createElement("div");
-      wrap.className = final ? "code final" : "code";
-      const bar = document.createElement("div");
-      bar.className = "code-bar";
-      const label = document.createElement("span");
+    for (const pre of container.querySelectorAll("pre")) {
+      if (pre.parentElement.classList.contains("code")) continue;
+      const wrap = element("div", "code");
+      const bar = element("div", "code-bar");
       const code = pre.querySelector("code");
       const language = code && /language-(\S+)/.exec(code.className);
-      label.textContent = (final ? "Final code" : "Code") + (language ? " · " + language[1] : "");
-      const button = document.createElement("button");
+      const label = element("span", "code-label", "Code" + (language ? " · " + language[1] : ""));
+      const button = element("button", "", "Copy");
       button.type = "button";
-      button.textContent = "Copy";
-      button.setAttribute("aria-label", (final ? "Copy the final code" : "Copy this code"));
+      button.setAttribute("aria-label", "Copy this code");
       button.addEventListener("click", () => copy(pre.textContent, button));
       bar.append(label, button);
       pre.replaceWith(wrap);
       wrap.append(bar, pre);
+    }
+    const blocks = [...container.querySelectorAll(".code")];
+    blocks.forEach((block, index) => {
+      const final = CODE_TASKS.includes(task) && index === blocks.length - 1;
+      block.classList.toggle("final", final);
+      const label = block.querySelector(".code-label");
+      label.textContent = label.textContent.replace(/^(Final code|Code)/, final ? "Final code" : "Code");
+      block.querySelector("button").setAttribute("aria-label", final ? "Copy the final code" : "Copy this code");
     });
   }
 
@@ -454,15 +504,13 @@
     ui.conversation.append(item);
     const view = {
       item, details, label, stats, meta, error,
-      reasoning: new LiveText(reasoningBody, null),
-      content: new LiveText(content, message.task, (reply, md) => {
+      reasoning: new LiveText(reasoningBody, null, (answer, md) => decorateCode(md, null)),
+      content: new LiveText(content, message.task, (answer, md) => {
         decorateCode(md, message.task);
-        if (typeof reply.answer === "string" && reply.answer) {
-          setHTML(answerValue, reply.answer);
-          answerBox.hidden = false;
-        } else {
-          answerBox.hidden = true;
-        }
+        if (answer) setHTML(answerValue, answer);
+        answerBox.hidden = !answer;
+        // a reply that is only its box is shown once, as the answer
+        content.hidden = Boolean(answer) && ONLY_A_BOX.test(view.content.text);
       }),
     };
     details.hidden = !message.reasoning;
@@ -639,6 +687,7 @@
     saveStore();
     setBusy(false);
     setStatus(stopped ? "Stopped" : failure ? "Something went wrong" : "Ready");
+    view.item.classList.add("ended");
     await Promise.all([view.reasoning.finish(), view.content.finish()]);
     view.item.classList.add("done");
     scrollToEnd();
