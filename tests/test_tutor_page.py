@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,3 +455,28 @@ def test_light_and_dark_follow_the_device(browser: Browser, server: ServeProcess
         finally:
             watched.close()
     assert colours["light"] != colours["dark"]
+
+
+def _page_weight_tool() -> Any:
+    """bench/page_weight.py, loaded from this checkout's file whichever copy of the package is installed."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "page_weight.py"
+    spec = importlib.util.spec_from_file_location("page_weight_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_page_is_small_and_paints_soon_over_a_slow_link(server: ServeProcess) -> None:
+    tool = _page_weight_tool()
+    result = tool.measure(server.base + "/", kbit=1000, latency_ms=100, runs=1, chromium=CHROMIUM)
+    assert [f.path for f in result.files] == ["/", "/static/tutor.css", "/static/tutor.js"]
+    assert result.total_bytes == sum(f.bytes for f in result.files) < 80_000  # plain files, no framework
+    assert result.total_gzip_bytes < 24_000
+    run = result.runs[0]
+    assert 0 < run.first_paint_ms <= run.first_contentful_paint_ms <= run.load_ms < 5_000
+    assert run.first_paint_ms >= 200  # the link really was slow: connection, page and stylesheet, 100 ms each
+    assert result.total_gzip_bytes <= run.transferred_bytes < result.total_bytes
