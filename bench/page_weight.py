@@ -95,10 +95,24 @@ def own_server() -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def paint_times(url: str, kbit: int, latency_ms: int, runs: int, chromium: str | None) -> list[PaintTimes]:
-    """`runs` cold loads of `url` in headless Chromium over the emulated link."""
+def paint_times(
+    url: str, kbit: int, latency_ms: int, runs: int, chromium: str | None, browser: Any = None
+) -> list[PaintTimes]:
+    """`runs` cold loads of `url` in headless Chromium over the emulated link: in `browser` (a Playwright
+    Browser) when given, else in a Chromium launched for them (`chromium`: its executable)."""
+    if browser is not None:
+        return [_cold_load(browser, url, kbit, latency_ms) for _ in range(runs)]
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            return [_cold_load(launched, url, kbit, latency_ms) for _ in range(runs)]
+        finally:
+            launched.close()
+
+
+def _cold_load(browser: Any, url: str, kbit: int, latency_ms: int) -> PaintTimes:
     bytes_per_second = kbit * 1000 / 8
     conditions = {
         "offline": False,
@@ -106,42 +120,30 @@ def paint_times(url: str, kbit: int, latency_ms: int, runs: int, chromium: str |
         "downloadThroughput": bytes_per_second,
         "uploadThroughput": bytes_per_second,
     }
-    results = []
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        try:
-            for _ in range(runs):
-                context = browser.new_context()
-                page = context.new_page()
-                session = context.new_cdp_session(page)
-                session.send("Network.enable")
-                session.send("Network.setCacheDisabled", {"cacheDisabled": True})
-                session.send("Network.emulateNetworkConditions", conditions)
-                page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
-                page.wait_for_function("performance.getEntriesByType('paint').length >= 2", timeout=LOAD_TIMEOUT_MS)
-                timings: dict[str, Any] = page.evaluate(
-                    """() => {
-                        const paint = Object.fromEntries(
-                            performance.getEntriesByType('paint').map(e => [e.name, e.startTime]));
-                        const navigation = performance.getEntriesByType('navigation')[0];
-                        const resources = performance.getEntriesByType('resource')
-                            .filter(e => !e.name.includes('/v1/') && !e.name.includes('/extras/'));
-                        return {
-                            fp: paint['first-paint'], fcp: paint['first-contentful-paint'],
-                            load: navigation.loadEventEnd,
-                            bytes: navigation.transferSize + resources.reduce((sum, e) => sum + e.transferSize, 0),
-                        };
-                    }"""
-                )
-                results.append(
-                    PaintTimes(
-                        round(timings["fp"], 1), round(timings["fcp"], 1), round(timings["load"], 1), timings["bytes"]
-                    )
-                )
-                context.close()
-        finally:
-            browser.close()
-    return results
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        session = context.new_cdp_session(page)
+        session.send("Network.enable")
+        session.send("Network.setCacheDisabled", {"cacheDisabled": True})
+        session.send("Network.emulateNetworkConditions", conditions)
+        page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
+        page.wait_for_function("performance.getEntriesByType('paint').length >= 2", timeout=LOAD_TIMEOUT_MS)
+        timings: dict[str, Any] = page.evaluate(
+            """() => {
+                const paint = Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]));
+                const navigation = performance.getEntriesByType('navigation')[0];
+                const resources = performance.getEntriesByType('resource')
+                    .filter(e => !e.name.includes('/v1/') && !e.name.includes('/extras/'));
+                return {
+                    fp: paint['first-paint'], fcp: paint['first-contentful-paint'], load: navigation.loadEventEnd,
+                    bytes: navigation.transferSize + resources.reduce((sum, e) => sum + e.transferSize, 0),
+                };
+            }"""
+        )
+    finally:
+        context.close()
+    return PaintTimes(round(timings["fp"], 1), round(timings["fcp"], 1), round(timings["load"], 1), timings["bytes"])
 
 
 def measure(
@@ -150,14 +152,16 @@ def measure(
     latency_ms: int = DEFAULT_LATENCY_MS,
     runs: int = 3,
     chromium: str | None = None,
+    browser: Any = None,
 ) -> PageWeight:
-    """The page's weight and its paint times over the link (the page served here when `url` is None)."""
+    """The page's weight and its paint times over the link (the page served here when `url` is None; loaded
+    in `browser` when given, see `paint_times`)."""
     files = file_weights()
     if url is None:
         with own_server() as served:
-            times = paint_times(served, kbit, latency_ms, runs, chromium)
+            times = paint_times(served, kbit, latency_ms, runs, chromium, browser)
     else:
-        times = paint_times(url, kbit, latency_ms, runs, chromium)
+        times = paint_times(url, kbit, latency_ms, runs, chromium, browser)
     return PageWeight(
         files,
         sum(f.bytes for f in files),

@@ -8,6 +8,7 @@ origin and raised no script error. Screenshots go to `$MLLM_CPU_SCREENSHOTS` (el
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -30,8 +31,8 @@ from playwright.sync_api import (
 )
 
 from helpers.arithmetic_task import converted_pair
-from helpers.serve_process import ServeProcess, get
-from mllm_cpu.tutor_page import CONTENT_SECURITY_POLICY
+from helpers.serve_process import ServeProcess, get, post_declaring
+from mllm_cpu.tutor_page import CONTENT_SECURITY_POLICY, PAGE_FILES
 
 CHROMIUM = "/usr/bin/chromium"
 KEY = "classroom-key-42"
@@ -291,6 +292,19 @@ def test_the_page_is_public_with_a_strict_policy_and_the_api_is_not(keyed_server
     assert status == 200 and "<math" in reply["html"] and reply["answer"] is None
     status, error = _post(keyed_server.base + "/extras/render", {"text": 5}, KEY)
     assert status == 400 and error["error"]["param"] == "text"
+    status, error = post_declaring(keyed_server.base + "/extras/render", 2 << 20, KEY)
+    assert status == 413 and error["error"]["code"] == "body_too_large"
+
+
+def test_the_page_files_are_package_data() -> None:
+    """A non-editable install carries the page: each file is in mllm_cpu/web/ and matched by package-data."""
+    root = Path(__file__).resolve().parent.parent
+    declared = re.search(r'^"mllm_cpu" = \[(.*)\]$', (root / "pyproject.toml").read_text(), re.MULTILINE)
+    assert declared is not None
+    patterns = re.findall(r'"([^"]+)"', declared[1])
+    for name, _ in PAGE_FILES.values():
+        assert (root / "mllm_cpu" / "web" / name).is_file()
+        assert any(fnmatch.fnmatch(f"web/{name}", pattern) for pattern in patterns), name
 
 
 def _post(url: str, body: dict[str, Any], key: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -395,8 +409,7 @@ def test_every_control_is_labelled_and_reachable_by_keyboard(watched: Watched) -
     page.keyboard.type("What is 1 + 2?")
     page.keyboard.press("Control+Enter")
     expect(last_reply(page).locator(".answer-box math")).to_have_count(1)
-    code = page.locator(".message.assistant")
-    assert code.count() == 1
+    expect(page.locator(".message.assistant")).to_have_count(1)
 
 
 def test_a_code_answer_is_highlighted_with_a_copy_button(watched: Watched, server: ServeProcess) -> None:
@@ -470,9 +483,9 @@ def _page_weight_tool() -> Any:
     return module
 
 
-def test_the_page_is_small_and_paints_soon_over_a_slow_link(server: ServeProcess) -> None:
+def test_the_page_is_small_and_paints_soon_over_a_slow_link(server: ServeProcess, browser: Browser) -> None:
     tool = _page_weight_tool()
-    result = tool.measure(server.base + "/", kbit=1000, latency_ms=100, runs=1, chromium=CHROMIUM)
+    result = tool.measure(server.base + "/", kbit=1000, latency_ms=100, runs=1, browser=browser)
     assert [f.path for f in result.files] == ["/", "/static/tutor.css", "/static/tutor.js"]
     assert result.total_bytes == sum(f.bytes for f in result.files) < 80_000  # plain files, no framework
     assert result.total_gzip_bytes < 24_000
