@@ -197,7 +197,7 @@ def test_a_problem_streams_its_reasoning_then_folds_it_and_shows_the_boxed_answe
     expect(answer.locator(".answer-value math")).to_have_count(1)
     expect(answer.locator(".answer-value")).to_have_text("9")
     expect(reply.locator(".content math mrow.boxed")).to_have_count(1)
-    expect(reply.locator(".meta")).to_contain_text(re.compile(r"\d+ tokens in [\d.]+ s"))
+    expect(reply.locator(".meta")).to_contain_text(re.compile(r"\d+ tokens in [\d.]+ m?s"))
     expect(page.locator("#stop")).to_be_disabled()
     reasoning.locator("summary").click()  # and it opens again on demand
     assert reasoning.evaluate("details => details.open")
@@ -445,10 +445,10 @@ def test_screenshots_at_desktop_and_phone_width_without_horizontal_scroll(
             page.goto(server.base + "/")
             expect(page.locator("#status")).to_have_text("Ready")
             greedy(page)
-            ask(page, "What is 2 + 1?")
-            last_reply(page).locator("details.reasoning summary").click()  # the worked step shown
             ask(page, PROBLEM, budget="256")
             last_reply(page)
+            ask(page, "What is 2 + 3 + 1?", budget="256")
+            last_reply(page).locator("details.reasoning summary").click()  # the worked step shown
             _wait_rendered(page)
             assert page.evaluate("document.documentElement.scrollWidth") <= width
             page.evaluate("window.scrollTo(0, 0)")

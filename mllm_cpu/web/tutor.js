@@ -558,6 +558,7 @@
   }
 
   function seconds(ms) {
+    if (ms < 1000) return Math.round(ms) + " ms";
     return (ms / 1000).toFixed(ms < 10000 ? 1 : 0) + " s";
   }
 
