@@ -178,6 +178,7 @@ def test_a_problem_streams_its_reasoning_then_folds_it_and_shows_the_boxed_answe
     greedy(page)
     throttle(page, 6_000)  # about 20 events a second: the stream can be watched
     page.select_option("#task", "math")
+    page.fill("#budget", "256")  # above the model's trace: the reply is not forced, and shows the time left
     page.fill("#problem", PROBLEM)
     page.press("#problem", "Control+Enter")
 
@@ -187,7 +188,9 @@ def test_a_problem_streams_its_reasoning_then_folds_it_and_shows_the_boxed_answe
     expect(reasoning.locator(".reasoning-text")).to_contain_text("=")  # worked steps arrive while it streams
     assert reasoning.evaluate("details => details.open")
     assert reply.locator(".answer-box").is_hidden()
-    expect(reasoning.locator(".stats")).to_contain_text(re.compile(r"\d+ tokens"))
+    expect(reasoning.locator(".stats")).to_contain_text(
+        re.compile(r"\d+ tokens · [\d.]+ tok/s · about \d+ s left of 256")
+    )
     expect(page.locator("#stop")).to_be_enabled()
 
     last_reply(page)
@@ -252,7 +255,9 @@ def test_a_server_with_a_key_asks_for_it_refuses_a_wrong_one_and_works_with_the_
         expect(page.locator("#login")).to_be_visible()
         expect(page.locator("#api-key")).to_be_focused()
         expect(page.locator("#status")).to_have_text("Waiting for the key")
-        assert page.evaluate("document.getElementById('main').inert")  # nothing else usable until then
+        assert page.evaluate(
+            "['main', 'ask'].every(id => document.getElementById(id).inert)"
+        )  # nothing else until then
 
         page.fill("#api-key", "not-the-key")
         page.press("#api-key", "Enter")
@@ -264,6 +269,7 @@ def test_a_server_with_a_key_asks_for_it_refuses_a_wrong_one_and_works_with_the_
         page.click("#login-form button[type=submit]")
         expect(page.locator("#login")).to_be_hidden()
         expect(page.locator("#status")).to_have_text("Ready")
+        expect(page.locator("#problem")).to_be_focused()
         ask(page, PROBLEM)
         expect(last_reply(page).locator(".answer-box math")).to_have_count(1)
 

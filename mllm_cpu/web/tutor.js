@@ -23,7 +23,7 @@
     model: $("model"), status: $("status"), login: $("login"), loginForm: $("login-form"),
     keyInput: $("api-key"), loginError: $("login-error"), main: $("main"), history: $("history"),
     newConversation: $("new-conversation"), empty: $("empty"), conversation: $("conversation"),
-    ask: $("ask"), problem: $("problem"), task: $("task"), budget: $("budget"), send: $("send"), stop: $("stop"),
+    bar: document.querySelector("header"), ask: $("ask"), problem: $("problem"), task: $("task"), budget: $("budget"), send: $("send"), stop: $("stop"),
   };
 
   let apiKey = sessionStorage.getItem(API_KEY) || "";
@@ -81,8 +81,7 @@
     }
     ui.loginError.textContent = message;
     ui.login.hidden = false;
-    ui.main.inert = true;
-    ui.ask.inert = true;
+    for (const part of [ui.bar, ui.main, ui.ask]) part.inert = true;
     setStatus("Waiting for the key");
     ui.keyInput.focus();
   }
@@ -107,10 +106,11 @@
       return;
     }
     connected = true;
+    const fromLogin = !ui.login.hidden;
     ui.login.hidden = true;
-    ui.main.inert = false;
-    ui.ask.inert = false;
+    for (const part of [ui.bar, ui.main, ui.ask]) part.inert = false;
     ui.keyInput.value = "";
+    if (fromLogin) ui.problem.focus();
     fillModels(Array.isArray(models.data) ? models.data : []);
     setStatus("Ready");
     showConversation();
