@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mllm_cpu.grammar_check import MAX_GRAMMAR_CHARS, GrammarSource
+from mllm_cpu.render import MAX_RENDER_CHARS
+from mllm_cpu.tasks import TASK_NAMES
 
 MAX_BODY_BYTES = 1 << 20
 """The largest request body read, for every route."""
@@ -28,6 +30,7 @@ CHAT_PATH = "/v1/chat/completions"
 COMPLETION_PATH = "/v1/completions"
 GENERATION_PATHS = (CHAT_PATH, COMPLETION_PATH)
 DETOKENIZE_PATH = "/extras/detokenize"
+RENDER_PATH = "/extras/render"
 
 
 class RequestError(Exception):
@@ -75,8 +78,10 @@ ROUTES: dict[str, Route] = {
     "/extras/tokenize": Route("POST", "TokenizeInputRequest"),
     "/extras/tokenize/count": Route("POST", "TokenizeInputRequest"),
     DETOKENIZE_PATH: Route("POST", "DetokenizeInputRequest"),
+    RENDER_PATH: Route("POST"),  # the tutor page's renderer: its body is checked by `check_render_request`
 }
-"""The routes served; llama_cpp.server's others (embeddings, the copilot-codex alias, its docs) are not."""
+"""The routes served; llama_cpp.server's others (embeddings, the copilot-codex alias, its docs) are not.
+The tutor page's files (`mllm_cpu.tutor_page`) are served apart, before the API key check."""
 
 
 def find_route(method: str, path: str) -> Route:
@@ -290,3 +295,32 @@ def check_positive(request: dict[str, Any], field: str) -> None:
     value = request.get(field)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise RequestError(400, f"{field} must be a positive integer, got {value!r}", "invalid_value", param=field)
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """A request of /extras/render: the text to render, and the task whose answer to find in it."""
+
+    text: str
+    task: str | None
+
+
+def check_render_request(request: dict[str, Any]) -> RenderRequest:
+    """The render request in a JSON body: `text` a string of at most MAX_RENDER_CHARS characters, `task`
+    absent, null or a task name; RequestError otherwise."""
+    text = request.get("text")
+    if not isinstance(text, str):
+        raise RequestError(400, "text must be a string", "invalid_value", param="text")
+    if len(text) > MAX_RENDER_CHARS:
+        message = f"text has {len(text)} characters; the most is {MAX_RENDER_CHARS}"
+        raise RequestError(400, message, "invalid_value", param="text")
+    task = request.get("task")
+    if task is not None and task not in TASK_NAMES:
+        shown = task[:40] if isinstance(task, str) else task
+        raise RequestError(
+            400, f"task must be one of {', '.join(TASK_NAMES)}, got {shown!r}", "invalid_value", param="task"
+        )
+    unknown = sorted(set(request) - {"text", "task"})
+    if unknown:
+        raise RequestError(400, f"unknown field {unknown[0][:40]!r}", "invalid_value", param=unknown[0][:40])
+    return RenderRequest(text, task)

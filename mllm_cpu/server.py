@@ -8,6 +8,8 @@ request's fields are `mllm_cpu.request_checks`; grammars are checked by `mllm_cp
 `--parallel` requests decode together, and a crash in llama.cpp ends the replies in flight with
 an error while the runner starts again. A chat request may name a `task` (its system prompt when
 the conversation has none, and where its answer begins) and a thinking `budget`, as `solve` does.
+`GET /` is the tutor page (`mllm_cpu.tutor_page`), which renders replies through /extras/render
+(`mllm_cpu.render`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -37,17 +40,21 @@ from mllm_cpu.batched import default_parallel
 from mllm_cpu.budget import ThinkingBudget
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.grammar_check import GrammarCheckFailed
+from mllm_cpu.render import render_reply
 from mllm_cpu.request_checks import (
     CHAT_PATH,
     COMPLETION_PATH,
     DETOKENIZE_PATH,
     GENERATION_PATHS,
     MAX_BODY_BYTES,
+    RENDER_PATH,
+    RenderRequest,
     RequestError,
     Route,
     check_generation_fields,
     check_messages,
     check_positive,
+    check_render_request,
     check_schema,
     check_token_ids,
     content_type_error,
@@ -59,6 +66,7 @@ from mllm_cpu.runner import RunnerPool, RunnerSpec
 from mllm_cpu.sampling import FILE_FIELDS
 from mllm_cpu.solver import choose_task
 from mllm_cpu.store import ConversionDisplay
+from mllm_cpu.tutor_page import is_page, send_page
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -67,6 +75,10 @@ RETRY_AFTER_SECONDS = 5
 SHUTDOWN_GRACE_SECONDS = 30
 HEALTH_PATH = "/health"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+RENDER_THREADS = 2
+"""Renders of /extras/render run at once (each takes at most about `render.RENDER_SECONDS`)."""
+MAX_RENDER_WAITING = 64
+"""Renders that may wait for a thread; more get 503 with Retry-After."""
 TASK_FIELDS = ("budget", "answer_tokens", "task")
 DEFAULT_BUDGET_TASK = "math"
 # Request fields a budgeted chat does not apply; refused rather than ignored.
@@ -87,10 +99,11 @@ def check_bind(host: str, api_key: str | None, insecure: bool) -> str | None:
 class Guard:
     """The server's ASGI app: auth, routes, limits, validation, defaults and the queue, in front of `Routes`.
 
-    Every request but /health is authorized and bounded in size; only the routes of
-    `request_checks.ROUTES` are served (others are 404), each body checked as that route's
-    request model declares it and within the bounds llama.cpp needs; every request served counts
-    against the queue.
+    Every request but /health and the tutor page's files (`mllm_cpu.tutor_page`, public: they hold no
+    data) is authorized and bounded in size; only the routes of `request_checks.ROUTES` are served
+    (others are 404), each body checked as that route's request model declares it and within the
+    bounds llama.cpp needs; every request served but a render (/extras/render, bounded by threads of
+    its own) counts against the queue.
     """
 
     def __init__(self, routes: Routes, api_key: str | None, queue: int) -> None:
@@ -100,6 +113,8 @@ class Guard:
         self.api_key = api_key
         self.queue = queue
         self.active = 0
+        self.renders = 0
+        self._render_threads = asyncio.Semaphore(RENDER_THREADS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # no websocket routes: refuse the handshake
@@ -107,15 +122,23 @@ class Guard:
             return
         path, method = scope["path"], scope["method"]
         body: bytes | None = None
+        render: RenderRequest | None = None
         try:
             if path == HEALTH_PATH:
                 await send_json(send, 200, self.health())
                 return
+            if is_page(path):  # public: the page holds no data, and asks for the key itself
+                if await send_page(scope, send):
+                    return
+                raise RequestError(405, f"{path} takes GET, not {method}", "method_not_allowed")
             self._authorize(scope)
             route = find_route(method, path)
             body = await _read_body(scope, receive)
-            request, served, work = self._prepare(path, route, scope, body)
-            if self.active >= self.queue:
+            if path == RENDER_PATH:
+                render = self._render_request(scope, body)
+            else:
+                request, served, work = self._prepare(path, route, scope, body)
+            if render is None and self.active >= self.queue:
                 raise RequestError(
                     503,
                     f"the server is busy ({self.active} requests in flight); retry later",
@@ -125,6 +148,9 @@ class Guard:
             if body is None:  # refused unread: the connection cannot carry another request
                 error.headers.setdefault("connection", "close")
             await send_error(send, error)
+            return
+        if render is not None:
+            await self._render(render, send)
             return
         self.active += 1
         try:
@@ -145,6 +171,28 @@ class Guard:
             await send_error(send, error)
             return
         await self.routes.generate(work, receive, send)
+
+    @staticmethod
+    def _render_request(scope: Scope, body: bytes) -> RenderRequest:
+        problem = content_type_error(dict(scope["headers"]).get(b"content-type", b"").decode("latin-1") or None)
+        if problem is not None:
+            raise problem
+        return check_render_request(parse_json_object(body))
+
+    async def _render(self, request: RenderRequest, send: Send) -> None:
+        """The text of a render request as HTML (`render.render_reply`), on one of RENDER_THREADS threads;
+        503 when MAX_RENDER_WAITING renders already wait. Renders do not count against --queue."""
+        if self.renders >= RENDER_THREADS + MAX_RENDER_WAITING:
+            error = RequestError(503, "the server is busy rendering; retry later", headers={"retry-after": "1"})
+            await send_error(send, error)
+            return
+        self.renders += 1
+        try:
+            async with self._render_threads:
+                reply = await asyncio.to_thread(render_reply, request.text, request.task)
+        finally:
+            self.renders -= 1
+        await send_json(send, 200, reply)
 
     def health(self) -> dict[str, Any]:
         """The health report: status, models, requests in flight, the queue and sequences decoded together."""
@@ -393,6 +441,7 @@ def serve(
             auth = "API key required" if options.api_key else "no API key"
             together = f"{pool.parallel} request{'s' if pool.parallel != 1 else ''} decode together"
             announce(f"serving {', '.join(m.name for m in served)} at http://{host}:{port}/v1 ({auth}; {together})")
+            announce(f"the tutor page: {page_url(options.host, port)}")
 
         if warning:
             warn(warning)
@@ -404,6 +453,13 @@ def serve(
     if not server.started:
         raise InputError(f"cannot listen on {options.host}:{options.port} (in use, or not an address of this machine)")
     return 130 if signal.SIGINT in signals else 0
+
+
+def page_url(host: str, port: int) -> str:
+    """The tutor page's URL to tell users: for a wildcard address, with this machine's name."""
+    if host in ("0.0.0.0", "::", ""):
+        return f"http://{socket.gethostname()}:{port}/ (or this machine's address on your network)"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 def _uvicorn_server(

@@ -45,7 +45,9 @@ def serve(
     flight end with an error and it starts again. Stop with Ctrl-C or SIGTERM: requests in flight end
     cleanly.
 
-    /extras/tokenize and /extras/detokenize are served too; other paths are 404.
+    /extras/tokenize and /extras/detokenize are served too; other paths are 404. On / is the tutor page:
+    a browser page to ask problems and read the reasoning and answer (math shown as math); its address is
+    printed at start-up. The page itself is public (it holds no data); with --api-key it asks for the key.
     """
     options = ServeOptions(
         models=list(flags.models),
