@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from mllm_cpu import kernels
 from mllm_cpu.core.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -26,6 +25,7 @@ from mllm_cpu.core.errors import (
     Terminated,
     os_error_message,
 )
+from mllm_cpu.core.notices import set_notice_sink
 
 try:  # Ctrl-C while the libraries load is still an interruption, not a traceback
     import typer
@@ -145,7 +145,7 @@ def main() -> None:
     `error:` line and 2; Ctrl-C -> 130 (SIGTERM, where a command turns it into
     Terminated, -> 143); a wrong answer -> 1 (the commands return it).
     """
-    kernels.set_notice_sink(lambda line: err.print(Text.assemble(("note: ", "bold"), line), soft_wrap=True))
+    set_notice_sink(lambda line: err.print(Text.assemble(("note: ", "bold"), line), soft_wrap=True))
     try:
         code = app(standalone_mode=False)
     except InputError as error:

@@ -29,13 +29,13 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mllm_cpu.core.child import module_command, run_child
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.notices import notice
 
 AMX_ENV = "MLLM_CPU_AMX"
 """Environment variable: `on` or `off` forces llama.cpp's AMX kernels; `auto` (the default) probes."""
@@ -47,8 +47,6 @@ PROBE_BATCH = 32
 PROBE_TOLERANCE = 0.05
 """Largest |logit difference| between the AMX and CPU_REPACK kernels, relative to the largest |logit|."""
 
-NoticeSink = Callable[[str], None]
-_notice: NoticeSink | None = None
 _choice: KernelChoice | None = None
 
 
@@ -71,12 +69,6 @@ class KernelChoice:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (for `doctor --json`)."""
         return {**asdict(self), "amx": self.amx}
-
-
-def set_notice_sink(sink: NoticeSink | None) -> None:
-    """Where the one-line notice goes when the AMX fallback is first taken (the CLI prints it)."""
-    global _notice
-    _notice = sink
 
 
 def amx_setting() -> str:
@@ -103,8 +95,8 @@ def prepare_kernels() -> KernelChoice:
     else:
         verdict, probe_seconds = _amx_verdict()
         keep, reason = verdict["works"], verdict["reason"]
-        if not keep and probe_seconds is not None and _notice is not None:
-            _notice(f"llama.cpp's AMX kernels fail on this CPU ({reason}); using {_others(offered)} instead")
+        if not keep and probe_seconds is not None:
+            notice(f"llama.cpp's AMX kernels fail on this CPU ({reason}); using {_others(offered)} instead")
     if not keep:
         buffer_types.remove(AMX)
     _choice = KernelChoice(offered, buffer_types.names(), setting, reason, probe_seconds)
