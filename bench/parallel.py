@@ -151,21 +151,7 @@ def _measure_level(engine: BatchedEngine, request: BatchRequest, level: int) -> 
 
 def fit_rows(fits: list[FitCheck]) -> tuple[list[str], list[list[str]]]:
     """Column names and text cells of the memory fit of N sequences."""
-    from mllm_cpu.core.values import human_bytes
+    from .report import fit_cells
 
     columns = ["sequences", "board", "ctx each", "weights", "KV cache", "compute", "total", "budget", "fits"]
-    rows = [
-        [
-            str(fit.sequences),
-            fit.board,
-            str(fit.n_ctx),
-            human_bytes(fit.weight_bytes),
-            human_bytes(fit.kv_bytes),
-            human_bytes(fit.compute_bytes),
-            human_bytes(fit.total_bytes),
-            human_bytes(fit.budget_bytes),
-            "yes" if fit.fits else "NO",
-        ]
-        for fit in fits
-    ]
-    return columns, rows
+    return columns, [[str(fit.sequences), *fit_cells(fit)] for fit in fits]

@@ -13,6 +13,7 @@ from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import human_bytes
 
+from .boards import FitCheck
 from .llama_session import DEFAULT_BATCH, DEFAULT_FLASH_ATTN, DEFAULT_UBATCH
 from .results import BenchRun, ModelResult, SpeedResult
 
@@ -189,18 +190,25 @@ def fit_rows(run: BenchRun) -> tuple[list[str], list[list[str]]]:
             [
                 model.name,
                 model.file_type,
-                fit.board,
-                str(fit.n_ctx),
-                human_bytes(fit.weight_bytes),
-                human_bytes(fit.kv_bytes),
-                human_bytes(fit.compute_bytes),
-                human_bytes(fit.total_bytes),
-                human_bytes(fit.budget_bytes),
-                "yes" if fit.fits else "NO",
+                *fit_cells(fit),
                 str(fit.max_context),
             ]
         )
     return columns, rows
+
+
+def fit_cells(fit: FitCheck) -> list[str]:
+    """The cells every memory fit table shows: board, context, weights, KV cache, compute, total, budget, fits."""
+    return [
+        fit.board,
+        str(fit.n_ctx),
+        human_bytes(fit.weight_bytes),
+        human_bytes(fit.kv_bytes),
+        human_bytes(fit.compute_bytes),
+        human_bytes(fit.total_bytes),
+        human_bytes(fit.budget_bytes),
+        "yes" if fit.fits else "NO",
+    ]
 
 
 def caption(run: BenchRun) -> str:

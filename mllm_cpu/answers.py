@@ -30,11 +30,15 @@ class Answer:
     language: str | None = None
 
 
-def _braced_content(text: str, open_index: int) -> str | None:
-    """The text inside the brace group opening at `open_index`; None if never closed."""
+def closing_brace(text: str, start: int, limit: int | None = None) -> int | None:
+    """The index of the `}` closing the `{` at `start` (backslash escapes skipped), None when unclosed or
+    past `limit`."""
+    end = len(text) if limit is None else min(len(text), limit)
+    if start >= end or text[start] != "{":
+        return None
     depth = 0
-    index = open_index
-    while index < len(text):
+    index = start
+    while index < end:
         char = text[index]
         if char == "\\":
             index += 2
@@ -44,9 +48,15 @@ def _braced_content(text: str, open_index: int) -> str | None:
         elif char == "}":
             depth -= 1
             if depth == 0:
-                return text[open_index + 1 : index]
+                return index
         index += 1
     return None
+
+
+def _braced_content(text: str, open_index: int) -> str | None:
+    """The text inside the brace group opening at `open_index`; None if never closed."""
+    end = closing_brace(text, open_index)
+    return None if end is None else text[open_index + 1 : end]
 
 
 def _box_argument(text: str, end_of_command: int) -> str | None:

@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from mllm_cpu.answers import closing_brace
 from mllm_cpu.tasks import PRESETS
 
 MAX_RENDER_CHARS = 200_000
@@ -222,7 +223,7 @@ def final_answer(text: str) -> str | None:
     for _ in range(MAX_ANSWER_TRIES):
         if start < 0:
             break
-        end = _closing_brace(text, start + len("\\boxed"), start + MAX_MATH_CHARS)
+        end = closing_brace(text, start + len("\\boxed"), start + MAX_MATH_CHARS)
         if end is not None:
             content = text[start + len("\\boxed{") : end]
             return sanitise(_math_html(content.strip(), display=True, budget=_Budget()))
@@ -421,29 +422,6 @@ def _brace_depth(latex: str) -> int:
     return deepest
 
 
-def _closing_brace(text: str, start: int, limit: int | None = None) -> int | None:
-    """The index of the `}` closing the `{` at `start` (backslash escapes skipped), None when unclosed or
-    past `limit`."""
-    end = len(text) if limit is None else min(len(text), limit)
-    if start >= end or text[start] != "{":
-        return None
-    depth = 0
-    index = start
-    while index < end:
-        char = text[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
-        index += 1
-    return None
-
-
 def _math_inline_rule(state: Any, silent: bool) -> bool:
     """Inline math at the position: `\\(..\\)`, `\\[..\\]`, `$$..$$`, `$..$` (pandoc's rule: no space inside
     the dollars, no digit after the closing one) or a bare `\\boxed{..}`; an unclosed `\\(` or `\\[` is text."""
@@ -477,7 +455,7 @@ def _inline_math_at(src: str, pos: int, maximum: int) -> tuple[str, int, bool] |
                 return None
             return src[pos + 2 : close], close + 2, display
     if src.startswith("\\boxed{", pos):
-        brace = _closing_brace(src, pos + len("\\boxed"), min(maximum, pos + MAX_BOXED_CHARS))
+        brace = closing_brace(src, pos + len("\\boxed"), min(maximum, pos + MAX_BOXED_CHARS))
         return None if brace is None else (src[pos : brace + 1], brace + 1, False)
     if src.startswith("\\begin{", pos):
         match = _BEGIN.match(src, pos)

@@ -104,6 +104,14 @@ def _started(command: list[str]) -> subprocess.Popen[str]:
     )
 
 
+def _batch_under_way(problems_file: Path, out: Path, target: Path) -> tuple[list[str], subprocess.Popen[str]]:
+    """The batch's arguments (without --parallel), and the batch at --parallel 4 once it has two records."""
+    args = ["solve", "--file", str(problems_file), "--out", str(out), "--model", str(target), *SHARED]
+    batch = _started([MLLM_CPU, *args, "--parallel", "4"])
+    _wait_for_records(out, 2, batch)
+    return args, batch
+
+
 def _wait_for_records(out: Path, count: int, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -117,9 +125,7 @@ def test_ctrl_c_keeps_every_finished_record_and_the_rerun_resumes(
     target: Path, problems_file: Path, alone: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "interrupted.jsonl"
-    args = ["solve", "--file", str(problems_file), "--out", str(out), "--model", str(target), *SHARED]
-    batch = _started([MLLM_CPU, *args, "--parallel", "4"])
-    _wait_for_records(out, 2, batch)
+    args, batch = _batch_under_way(problems_file, out, target)
     batch.send_signal(signal.SIGINT)
     _, stderr = batch.communicate(timeout=60)
     assert batch.returncode == 130, stderr
@@ -139,9 +145,7 @@ def test_a_runner_killed_mid_batch_loses_no_record_and_the_rerun_completes(
     target: Path, problems_file: Path, alone: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "crashed.jsonl"
-    args = ["solve", "--file", str(problems_file), "--out", str(out), "--model", str(target), *SHARED]
-    batch = _started([MLLM_CPU, *args, "--parallel", "4"])
-    _wait_for_records(out, 2, batch)
+    args, batch = _batch_under_way(problems_file, out, target)
     runners = child_pids(batch.pid)
     assert len(runners) == 1, runners
     os.kill(runners[0], signal.SIGSEGV)
