@@ -91,7 +91,7 @@ def test_a_real_gemma_file_answers_in_solve_json(gemma: Path) -> None:
 def test_peer_logits_equal_transformers(peer: tuple[str, Path, Path]) -> None:
     arch, folder, path = peer
     model = validate_model_file(path)
-    assert model.header.architecture == arch and not model.is_mobilellm_r1
+    assert model.header.architecture == arch and not model.is_mobilellm
     ids = load_tokenizer(folder).encode(" ".join(TOKENIZER_CORPUS)).ids[:48]
     reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():
