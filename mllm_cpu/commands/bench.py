@@ -37,6 +37,7 @@ from mllm_cpu.commands.console import (
     table,
 )
 from mllm_cpu.commands.options import Flags, with_options
+from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS
 from mllm_cpu.store import DEFAULT_QUANT
 
 
@@ -165,7 +166,8 @@ def bench(
     synthetic: Annotated[
         str | None,
         typer.Option(
-            help="Synthetic MobileLLM-R1 sizes to measure, e.g. 140m,360m,950m (converted once into the store)."
+            help=f"Synthetic MobileLLM sizes to measure ({', '.join(SYNTHETIC_SPECS)}), e.g. 140m,v1-125m "
+            "(converted once into the store)."
         ),
     ] = None,
     quant: Annotated[
