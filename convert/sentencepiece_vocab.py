@@ -232,9 +232,7 @@ def bpe_model_bytes(pieces: list[tuple[str, float, int]], *, unk_id: int, bos_id
         + _int(_TRAINER_EOS_ID, eos_id)
     )
     normalizer = (
-        _text(_NORMALIZER_NAME, "identity")
-        + _int(_NORMALIZER_DUMMY_PREFIX, 1)
-        + _int(_NORMALIZER_EXTRA_WHITESPACES, 0)
+        _text(_NORMALIZER_NAME, "identity") + _int(_NORMALIZER_DUMMY_PREFIX, 1) + _int(_NORMALIZER_EXTRA_WHITESPACES, 0)
     )
     return model + _message(_MODEL_TRAINER, trainer) + _message(_MODEL_NORMALIZER, normalizer)
 

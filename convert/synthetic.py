@@ -29,12 +29,14 @@ LLAMA2_VOCAB = 32000
 V1_UNK_ID, V1_BOS_ID, V1_EOS_ID = 0, 1, 2
 
 
-def _v1(blocks: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int, tied: bool = True, repeat: int = 1) -> ModelSpec:
+def _v1(
+    blocks: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int, tied: bool = True, repeat: int = 1
+) -> ModelSpec:
     """A MobileLLM v1 shape: `blocks` checkpoint blocks, each run `repeat` times (2 with layer sharing)."""
+    runs = blocks * repeat
     return ModelSpec(
-        blocks * repeat, n_embd, n_ff, n_head, n_head_kv, 64, LLAMA2_VOCAB, 2048, 10_000.0, 1e-5, tied,
-        architecture=V1_HF_CLASS, layer_repeat=repeat,
-    )  # fmt: skip
+        runs, n_embd, n_ff, n_head, n_head_kv, 64, LLAMA2_VOCAB, 2048, 10_000.0, 1e-5, tied, V1_HF_CLASS, repeat
+    )
 
 
 SYNTHETIC_SPECS: dict[str, ModelSpec] = {

@@ -107,7 +107,9 @@ class PromptFormat:
         self.bos_text = self._token_text(header.get(gguf_keys.BOS_ID))
         self.eos_text = self._token_text(header.get(gguf_keys.EOS_ID))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))  # llama.cpp's reading (its key or default)
-        self.stop_texts: tuple[str, ...] = () if self.chat_template else tuple(f"\n{r}:" for r in _PLAIN_LABELS.values())
+        self.stop_texts: tuple[str, ...] = (
+            () if self.chat_template else tuple(f"\n{r}:" for r in _PLAIN_LABELS.values())
+        )
         """Text that ends a reply: a next turn's label in the completion prompt of a file without a template."""
         self._counted = header.get(gguf_keys.TOKENIZER_MODEL) in COUNTED_TOKENIZERS
         self._longest_token: int | None = None
@@ -221,7 +223,9 @@ def _tokenize(vocab: Any, data: bytes, add_bos: bool) -> list[int]:
 def _plain_prompt(messages: list[Message]) -> str:
     """The completion prompt of a conversation for a base model (see `_PLAIN_LABELS`)."""
     parts = [
-        f"{m['content']}\n\n" if m["role"] == "system" else f"{_PLAIN_LABELS.get(m['role'], m['role'])}: {m['content']}\n"
+        f"{m['content']}\n\n"
+        if m["role"] == "system"
+        else f"{_PLAIN_LABELS.get(m['role'], m['role'])}: {m['content']}\n"
         for m in messages
     ]
     return f"{''.join(parts)}{_PLAIN_LABELS['assistant']}:"
