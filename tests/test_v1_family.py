@@ -216,12 +216,19 @@ def test_solve_file_compares_v1_and_r1_side_by_side(
 
 
 def test_bench_measures_v1_and_r1_side_by_side(v1_files: dict[str, Path], synthetic_tiny_gguf: Path) -> None:
+    """Without --ctx each model is measured at 4096 tokens, or at its trained context if shorter (v1: 2048)."""
     files = [v1_files["v1-125m-layer-share"], synthetic_tiny_gguf]
-    flags = ("-p", "8", "-n", "4", "-r", "1", "--no-warmup", "--no-bandwidth", "--ctx", "1024", "--json")
-    result = run_cli("bench", *map(str, files), *flags)
+    flags = ("-p", "8", "-n", "4", "-r", "1", "--no-warmup", "--no-bandwidth", "-t", "1")
+    result = run_cli("bench", *map(str, files), *flags, "--json")
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout)["models"]
-    assert [(m["path"], m["n_layer"]) for m in measured] == [(str(files[0]), 60), (str(files[1]), 2)]
+    assert [(m["path"], m["n_layer"], m["fit"]["n_ctx"]) for m in measured] == [
+        (str(files[0]), 60, 2048),
+        (str(files[1]), 2, 4096),
+    ]
+    too_long = run_cli("bench", *map(str, files), *flags, "--ctx", "4096")
+    assert too_long.returncode == 2
+    assert error_lines(too_long) == [f"error: --ctx 4096 exceeds the training context of {files[0].name} (2048)"]
 
 
 def test_repair_leaves_a_community_v1_file_and_refuses_a_half_layer_share_one(
