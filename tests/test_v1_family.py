@@ -124,6 +124,7 @@ def test_v1_preset_table(preset: str) -> None:
     assert SYNTHETIC_FOLDER_NAMES[preset].startswith("MobileLLM-") and "R1" not in SYNTHETIC_FOLDER_NAMES[preset]
     shared = SYNTHETIC_SPECS["v1-125m-layer-share"]
     assert shared.to_config()["num_hidden_layers"] == 30 and shared.to_config()["layer_sharing"] is True
+    assert spec_from_config(shared.to_config(), "layer-share") == shared and shared.n_layer == 60
 
 
 def test_synthetic_tokenizer_is_a_llama2_sized_sentencepiece_model(v1_files: dict[str, Path], tmp_path: Path) -> None:
