@@ -16,6 +16,7 @@ from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import comma_list
 from mllm_cpu.hardware import physical_cores
+from mllm_cpu.model_file import validate_model_file
 from mllm_cpu.store import DEFAULT_QUANT, ConversionDisplay, resolve_model
 
 from .boards import parse_board
@@ -25,7 +26,7 @@ from .llama_session import DEFAULT_FLASH_ATTN, parse_flash_attn
 from .parallel import check_levels, run_parallel_benchmark
 from .report import chosen_format
 from .results import BenchRun
-from .runner import BenchOptions, BenchProgress, resolve_models, run_benchmark
+from .runner import BenchOptions, BenchProgress, bench_context, resolve_models, run_benchmark
 from .synthetic_models import parse_sizes
 
 BenchMode = Literal["local", "endpoint", "draft", "parallel"]
@@ -57,7 +58,8 @@ class BenchRequest:
     n_depth: str = "0"
     flash_attn: str = DEFAULT_FLASH_ATTN
     repetitions: int = 5
-    n_ctx: int = 4096
+    n_ctx: int | None = None
+    """--ctx; None: each model's `runner.bench_context`."""
     board: str = "laptop"
     warmup: bool = True
     bandwidth: bool = True
@@ -175,11 +177,12 @@ def bench_parallel(
     if request.out_file is not None:
         ensure_writable_file(request.out_file, "--out")
     threads = int_list(request.threads, "-t/--threads")[0] if request.threads is not None else physical_cores()
+    path = resolve_model(request.models[0], display)
     return run_parallel_benchmark(
-        resolve_model(request.models[0], display),
+        path,
         int_list(request.parallel, "--parallel"),
         int_list(request.n_gen, "-n/--n-gen")[0],
-        n_ctx=request.n_ctx,
+        n_ctx=bench_context(validate_model_file(path), request.n_ctx),
         threads=threads,
         board=parse_board(request.board),
         warmup=request.warmup,

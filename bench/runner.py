@@ -30,6 +30,15 @@ from .roofline import bytes_per_token, roofline_tokens_per_second
 from .speed import SpeedTest, run_speed_test, speed_tests, time_to_first_token
 from .synthetic_models import synthetic_model_files
 
+BENCH_CONTEXT = 4096
+"""The context of the fit check, memory and TTFT when --ctx is not given (a model trained on fewer tokens, such
+as MobileLLM v1's 2048, is measured at its own)."""
+
+
+def bench_context(model: ModelFile, n_ctx: int | None) -> int:
+    """The context `model` is measured at: `n_ctx` (--ctx), else BENCH_CONTEXT or the model's trained context."""
+    return n_ctx or min(BENCH_CONTEXT, model.n_ctx_train)
+
 
 class BenchProgress(ConvertProgress, Protocol):
     """Receives conversion progress and the benchmark's steps (the CLI draws bars)."""
@@ -73,7 +82,8 @@ class BenchOptions:
     depths: list[int] = field(default_factory=lambda: [0])
     flash_attn: list[str] = field(default_factory=lambda: [DEFAULT_FLASH_ATTN])
     repetitions: int = 5
-    n_ctx: int = 4096
+    n_ctx: int | None = None
+    """--ctx; None: each model's `bench_context`."""
     board: str = "laptop"
     warmup: bool = True
     bandwidth: bool = True
@@ -102,7 +112,7 @@ class BenchOptions:
             raise InputError("nothing to measure: -p and -n are both 0")
         if self.repetitions < 1:
             raise InputError(f"-r/--repetitions must be at least 1, got {self.repetitions}")
-        if self.n_ctx < MIN_CONTEXT:
+        if self.n_ctx is not None and self.n_ctx < MIN_CONTEXT:
             raise InputError(f"--ctx must be at least {MIN_CONTEXT}, got {self.n_ctx}")
         parse_board(self.board)
 
@@ -155,7 +165,7 @@ def run_benchmark(paths: list[Path], options: BenchOptions, progress: BenchProgr
     )
     longest = max(test.n_tokens + test.n_depth for test in tests)
     for model_file in files:
-        if options.n_ctx > model_file.n_ctx_train:
+        if options.n_ctx is not None and options.n_ctx > model_file.n_ctx_train:
             raise InputError(
                 f"--ctx {options.n_ctx} exceeds the training context of {model_file.path.name} "
                 f"({model_file.n_ctx_train})"
@@ -203,8 +213,9 @@ def _bench_model(
 ) -> None:
     path = model_file.path
     name = path.stem
+    n_ctx = bench_context(model_file, options.n_ctx)
     progress.stage(f"{name}: peak memory in a fresh process")
-    memory = measure_memory(path, options.n_ctx, threads, options.ubatches[0])
+    memory = measure_memory(path, n_ctx, threads, options.ubatches[0])
     progress.advance()
     progress.stage(f"{name}: loading")
     summary = summarize_header(model_file.header)
@@ -237,7 +248,7 @@ def _bench_model(
             )
         progress.stage(f"{name}: time to first token")
         first_token = time_to_first_token(
-            model, threads, options.n_ctx, options.repetitions, options.warmup, on_run=progress.advance
+            model, threads, n_ctx, options.repetitions, options.warmup, on_run=progress.advance
         )
         compute = memory.logged_bytes("compute") + memory.logged_bytes("output")
         spec = model.file
@@ -267,7 +278,7 @@ def _bench_model(
                     spec.n_ctx_train,
                     model.tensor_bytes,
                     compute,
-                    options.n_ctx,
+                    n_ctx,
                 ),
             )
         )

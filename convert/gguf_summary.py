@@ -9,6 +9,8 @@ from typing import Any
 
 import gguf
 
+from mllm_cpu.core import gguf_keys
+
 from .gguf_header import GGUFHeader, read_gguf_header
 
 
@@ -26,6 +28,11 @@ class GGUFSummary:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def description(self) -> str:
+        """The model family and the graph it runs as (see `source_description`)."""
+        return source_description(self.metadata, self.architecture)
+
+    @property
     def bits_per_weight(self) -> float:
         """Tensor data bits per parameter, as llama.cpp reports it."""
         return 8 * self.tensor_bytes / self.parameters if self.parameters else 0.0
@@ -37,6 +44,12 @@ class GGUFSummary:
         return ", ".join(
             f"{name} {100 * count / total:.0f}%" if count * 100 >= total else f"{name} <1%" for name, count in parts
         )
+
+
+def source_description(metadata: dict[str, Any], architecture: str) -> str:
+    """E.g. "MobileLLM v1, run as llama" for a file this package wrote (it names the family), else the architecture."""
+    source = metadata.get(gguf_keys.SOURCE_LABEL)
+    return f"{source}, run as {architecture}" if source else architecture
 
 
 def read_summary(path: Path) -> GGUFSummary:

@@ -69,7 +69,31 @@ class ModelSpec:
         return self.n_layer * layer + embeddings + self.n_embd
 
     def to_config(self, **token_ids: Any) -> dict[str, Any]:
-        """A config.json dict in the form MobileLLM-R1 checkpoints ship."""
+        """A config.json dict in the form the family's checkpoints ship (MobileLLM-R1's or MobileLLM v1's)."""
+        if self.is_v1:
+            return {
+                "architectures": [V1_HF_CLASS],
+                "model_type": "mobilellm",
+                "hidden_size": self.n_embd,
+                "intermediate_size": self.n_ff,
+                "num_hidden_layers": self.n_layer // self.layer_repeat,
+                "num_attention_heads": self.n_head,
+                "num_key_value_heads": self.n_head_kv,
+                "head_dim": self.head_dim,
+                "vocab_size": self.n_vocab,
+                "max_position_embeddings": self.n_ctx,
+                "rope_theta": self.rope_theta,
+                "rope_scaling": None,
+                "rms_norm_eps": self.rms_norm_eps,
+                "hidden_act": "silu",
+                "attention_bias": False,
+                "mlp_bias": False,
+                "tie_word_embeddings": False,
+                "share_embedding": self.tied_embeddings,
+                "layer_sharing": self.layer_repeat > 1,
+                "torch_dtype": "bfloat16",
+                **token_ids,
+            }
         return {
             "architectures": [self.architecture],
             "model_type": "llama4_text",

@@ -68,24 +68,58 @@ def needs_repair(path: Path) -> bool:
 
 
 def refuse_relabelled(header: GGUFHeader) -> None:
-    """InputError for a `llama` file that is really MobileLLM-R1: it cannot be repaired or run."""
+    """InputError for a `llama` file that cannot be repaired or run: MobileLLM-R1 relabelled, or a MobileLLM v1
+    layer-share model with each shared block once."""
+    if header.architecture != _RELABELLED_ARCHITECTURE:
+        return
     if _is_relabelled_mobilellm(header):
         raise InputError(f"{header.path}: {_RELABELLED_EXPLANATION}")
+    blocks = _unshared_layer_share_blocks(header)
+    if blocks is not None:
+        raise InputError(
+            f"{header.path}: named layer-share, but holds MobileLLM v1's {blocks} blocks once each; the layer-share "
+            f"model runs every block twice ({2 * blocks} layers), so this file computes another function and is not "
+            "repaired; convert the checkpoint with `mllm-cpu convert`, which writes each block twice"
+        )
+
+
+def _names(header: GGUFHeader) -> str:
+    """The file's names (general.name, basename, finetune and the file name), lower case, words joined by -."""
+    keys = (gguf.Keys.General.NAME, gguf.Keys.General.BASENAME, gguf.Keys.General.FINETUNE)
+    text = " ".join([*(str(header.get(key) or "") for key in keys), header.path.name])
+    return text.lower().replace(" ", "-").replace("_", "-")
+
+
+def _shape(header: GGUFHeader) -> tuple[int, ...] | None:
+    """(blocks, width, FFN width, heads, KV heads) of a file, None when its header does not give them."""
+    try:
+        dims = ModelDims.from_header(header)
+    except InputError:
+        return None
+    return dims.n_layer, dims.n_embd, dims.n_ff, dims.n_head, dims.n_head_kv
 
 
 def _is_relabelled_mobilellm(header: GGUFHeader) -> bool:
     """True for a `llama` file that is really MobileLLM-R1 (by name or by its exact shapes)."""
-    if header.architecture != _RELABELLED_ARCHITECTURE:
-        return False
-    names = " ".join(str(header.get(key) or "") for key in (gguf.Keys.General.NAME, gguf.Keys.General.BASENAME))
-    if "mobilellm-r1" in names.lower().replace(" ", "-").replace("_", "-"):
+    if "mobilellm-r1" in _names(header):
         return True
-    try:
-        dims = ModelDims.from_header(header)
-    except InputError:
-        return False
-    shape = (dims.n_layer, dims.n_embd, dims.n_ff, dims.n_head, dims.n_head_kv)
-    return any(shape == (s.n_layer, s.n_embd, s.n_ff, s.n_head, s.n_head_kv) for s in SYNTHETIC_SPECS.values())
+    shape = _shape(header)
+    return any(
+        shape == (s.n_layer, s.n_embd, s.n_ff, s.n_head, s.n_head_kv) for s in SYNTHETIC_SPECS.values() if not s.is_v1
+    )
+
+
+def _unshared_layer_share_blocks(header: GGUFHeader) -> int | None:
+    """For a `llama` file named layer-share that holds a MobileLLM v1 size's blocks once each (a conversion
+    that dropped the sharing), that block count; None for any other file (ours hold each block twice)."""
+    if "layer-share" not in _names(header):
+        return None
+    shape = _shape(header)
+    for spec in SYNTHETIC_SPECS.values():
+        blocks = spec.n_layer // spec.layer_repeat
+        if spec.is_v1 and shape == (blocks, spec.n_embd, spec.n_ff, spec.n_head, spec.n_head_kv):
+            return blocks
+    return None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 pieces, scores and the unknown/control/byte/unused kinds; the user-defined kind and the
 normalizer and trainer settings that decide whether llama.cpp's SPM tokenizer matches are read
 from the model's protobuf fields directly (sentencepiece's Python API exposes neither, and
-protobuf is not a dependency). `sentencepiece` is imported only in `read_sentencepiece`.
+protobuf is not a dependency); `bpe_model_bytes` writes such a model (the synthetic v1 checkpoints').
+`sentencepiece` is imported only in `read_sentencepiece`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ from .tokenizer_spec import read_chat_template
 SENTENCEPIECE_MODEL = "tokenizer.model"
 SENTENCEPIECE_LIMIT = 16 * MIB
 """The largest tokenizer.model read (Llama-2's 32K vocabulary is 0.5 MB)."""
-_USER_DEFINED = 4  # sentencepiece_model.proto ModelProto.SentencePiece.Type
-_BPE = 2  # TrainerSpec.ModelType
+# sentencepiece_model.proto: ModelProto.SentencePiece.Type, TrainerSpec.ModelType and the field numbers used here
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
+_UNIGRAM, _BPE = 1, 2
+_MODEL_PIECES, _MODEL_TRAINER, _MODEL_NORMALIZER = 1, 2, 3
+_PIECE_TEXT, _PIECE_SCORE, _PIECE_TYPE = 1, 2, 3
+_TRAINER_MODEL_TYPE, _TRAINER_VOCAB_SIZE, _TRAINER_BYTE_FALLBACK = 3, 4, 35
+_TRAINER_UNK_ID, _TRAINER_BOS_ID, _TRAINER_EOS_ID = 40, 41, 42
+_NORMALIZER_NAME, _NORMALIZER_DUMMY_PREFIX, _NORMALIZER_EXTRA_WHITESPACES = 1, 3, 4
 
 
 @dataclass
@@ -103,7 +110,7 @@ def read_sentencepiece(folder: Path, n_vocab: int) -> SentencePieceSpec:
             kind = gguf.TokenType.UNUSED
         elif processor.IsByte(token_id):
             kind = gguf.TokenType.BYTE
-        elif proto.piece_types[token_id] == _USER_DEFINED:
+        elif proto.piece_types[token_id] == USER_DEFINED:
             kind = gguf.TokenType.USER_DEFINED
         types.append(int(kind))
     config_path = folder / TOKENIZER_CONFIG
@@ -141,7 +148,7 @@ class _ModelFields:
     """The few ModelProto fields sentencepiece's API does not show (sentencepiece_model.proto numbering)."""
 
     piece_types: list[int]
-    model_type: int = 1  # UNIGRAM, the proto default
+    model_type: int = _UNIGRAM  # the proto default
     normalizer: str = ""
     add_dummy_prefix: bool = True
     remove_extra_whitespaces: bool = True
@@ -150,18 +157,18 @@ class _ModelFields:
     def parse(cls, data: bytes) -> _ModelFields:
         fields = cls(piece_types=[])
         for number, value in _fields(data):
-            if number == 1 and isinstance(value, bytes):  # pieces
-                kinds = [v for n, v in _fields(value) if n == 3]
-                fields.piece_types.append(int(kinds[-1]) if kinds else 1)
-            elif number == 2 and isinstance(value, bytes):  # trainer_spec
-                fields.model_type = next((int(v) for n, v in _fields(value) if n == 3), 1)
-            elif number == 3 and isinstance(value, bytes):  # normalizer_spec
+            if number == _MODEL_PIECES and isinstance(value, bytes):
+                kinds = [v for n, v in _fields(value) if n == _PIECE_TYPE]
+                fields.piece_types.append(int(kinds[-1]) if kinds else NORMAL)
+            elif number == _MODEL_TRAINER and isinstance(value, bytes):
+                fields.model_type = next((int(v) for n, v in _fields(value) if n == _TRAINER_MODEL_TYPE), _UNIGRAM)
+            elif number == _MODEL_NORMALIZER and isinstance(value, bytes):
                 for n, v in _fields(value):
-                    if n == 1 and isinstance(v, bytes):
+                    if n == _NORMALIZER_NAME and isinstance(v, bytes):
                         fields.normalizer = v.decode("utf-8", "replace")
-                    elif n == 3:
+                    elif n == _NORMALIZER_DUMMY_PREFIX:
                         fields.add_dummy_prefix = bool(v)
-                    elif n == 4:
+                    elif n == _NORMALIZER_EXTRA_WHITESPACES:
                         fields.remove_extra_whitespaces = bool(v)
         if not fields.piece_types:
             raise ValueError("no pieces")
@@ -204,3 +211,54 @@ def _fields(data: bytes) -> list[tuple[int, Any]]:
             raise ValueError(f"wire type {wire}")
         out.append((number, value))
     return out
+
+
+def bpe_model_bytes(pieces: list[tuple[str, float, int]], *, unk_id: int, bos_id: int, eos_id: int) -> bytes:
+    """A serialized BPE ModelProto with byte fallback and Llama-2's normalizer settings (identity, a dummy
+    prefix, whitespace kept): the kind of tokenizer.model `read_sentencepiece` takes.
+
+    `pieces` are (text, score, type) in id order; the byte pieces <0x00>..<0xFF> must be among them.
+    """
+    model = b"".join(
+        _message(_MODEL_PIECES, _text(_PIECE_TEXT, text) + _float(_PIECE_SCORE, score) + _int(_PIECE_TYPE, kind))
+        for text, score, kind in pieces
+    )
+    trainer = (
+        _int(_TRAINER_MODEL_TYPE, _BPE)
+        + _int(_TRAINER_VOCAB_SIZE, len(pieces))
+        + _int(_TRAINER_BYTE_FALLBACK, 1)
+        + _int(_TRAINER_UNK_ID, unk_id)
+        + _int(_TRAINER_BOS_ID, bos_id)
+        + _int(_TRAINER_EOS_ID, eos_id)
+    )
+    normalizer = (
+        _text(_NORMALIZER_NAME, "identity") + _int(_NORMALIZER_DUMMY_PREFIX, 1) + _int(_NORMALIZER_EXTRA_WHITESPACES, 0)
+    )
+    return model + _message(_MODEL_TRAINER, trainer) + _message(_MODEL_NORMALIZER, normalizer)
+
+
+def _encoded_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _int(number: int, value: int) -> bytes:
+    """A non-negative varint field (wire type 0)."""
+    return _encoded_varint(number << 3) + _encoded_varint(value)
+
+
+def _float(number: int, value: float) -> bytes:
+    return _encoded_varint(number << 3 | 5) + struct.pack("<f", value)
+
+
+def _message(number: int, data: bytes) -> bytes:
+    """A length-delimited field (wire type 2): a nested message or a string's bytes."""
+    return _encoded_varint(number << 3 | 2) + _encoded_varint(len(data)) + data
+
+
+def _text(number: int, text: str) -> bytes:
+    return _message(number, text.encode())

@@ -1,7 +1,8 @@
-"""Random-weight Hugging Face checkpoints with the exact MobileLLM-R1 shapes (pure numpy).
+"""Random-weight Hugging Face checkpoints with the exact MobileLLM-R1 and MobileLLM v1 shapes (pure numpy).
 
 Speed and memory do not depend on weight values, so these let a user measure a board
-before downloading gigabytes; the tokenizer has the real Llama-3 layout and size.
+before downloading gigabytes; the tokenizer has the real layout and size: Llama 3's
+(tokenizer.json) for R1, Llama 2's (a SentencePiece tokenizer.model) for v1.
 """
 
 from __future__ import annotations
@@ -10,30 +11,59 @@ import json
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mllm_cpu.core.errors import InputError, naming_path
 
 from .layout import hf_tensor_shapes
-from .model_spec import ModelSpec
+from .model_spec import V1_HF_CLASS, ModelSpec
+from .sentencepiece_vocab import BYTE, CONTROL, NORMAL, SENTENCEPIECE_MODEL, UNKNOWN, bpe_model_bytes
 from .tokenizer_spec import LLAMA3_SPLIT_PATTERN
 
 LLAMA3_VOCAB = 128256
 LLAMA3_REGULAR_TOKENS = 128000
 BOS_ID, EOS_ID, EOM_ID, EOT_ID = 128000, 128001, 128008, 128009
+LLAMA2_VOCAB = 32000
+V1_UNK_ID, V1_BOS_ID, V1_EOS_ID = 0, 1, 2
+
+
+def _v1(
+    blocks: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int, tied: bool = True, repeat: int = 1
+) -> ModelSpec:
+    """A MobileLLM v1 shape: `blocks` checkpoint blocks, each run `repeat` times (2 with layer sharing)."""
+    runs = blocks * repeat
+    return ModelSpec(
+        runs, n_embd, n_ff, n_head, n_head_kv, 64, LLAMA2_VOCAB, 2048, 10_000.0, 1e-5, tied, V1_HF_CLASS, repeat
+    )
+
 
 SYNTHETIC_SPECS: dict[str, ModelSpec] = {
     "140m": ModelSpec(15, 576, 2048, 9, 3, 64, LLAMA3_VOCAB, 32768, 8_000_000.0, 1e-5, True),
     "360m": ModelSpec(15, 1024, 4096, 16, 4, 64, LLAMA3_VOCAB, 32768, 8_000_000.0, 1e-5, True),
     "950m": ModelSpec(22, 1536, 6144, 24, 6, 64, LLAMA3_VOCAB, 32768, 8_000_000.0, 1e-5, True),
     "tiny": ModelSpec(2, 128, 256, 2, 1, 64, LLAMA3_VOCAB, 4096, 8_000_000.0, 1e-5, True),
+    "v1-125m": _v1(30, 576, 9, 3, 1536),
+    "v1-125m-layer-share": _v1(30, 576, 9, 3, 1536, repeat=2),
+    "v1-350m": _v1(32, 960, 15, 5, 2560),
+    "v1-600m": _v1(40, 1152, 18, 6, 3072),
+    "v1-1b": _v1(54, 1280, 20, 5, 3584),
+    "v1-1.5b": _v1(54, 1600, 25, 5, 4352, tied=False),
 }
+"""MobileLLM-R1 (140m, 360m, 950m, and a tiny one for tests) and MobileLLM v1 (v1-*: shapes from the
+published config.json files; the 1.5B alone has its own lm_head)."""
 SYNTHETIC_FOLDER_NAMES = {
     "140m": "MobileLLM-R1-140M-synthetic",
     "360m": "MobileLLM-R1-360M-synthetic",
     "950m": "MobileLLM-R1-950M-synthetic",
     "tiny": "MobileLLM-R1-tiny-synthetic",
+    "v1-125m": "MobileLLM-125M-synthetic",
+    "v1-125m-layer-share": "MobileLLM-125M-layer-share-synthetic",
+    "v1-350m": "MobileLLM-350M-synthetic",
+    "v1-600m": "MobileLLM-600M-synthetic",
+    "v1-1b": "MobileLLM-1B-synthetic",
+    "v1-1.5b": "MobileLLM-1.5B-synthetic",
 }
 
 LLAMA3_CHAT_TEMPLATE = (
@@ -46,7 +76,7 @@ _CHUNK_ELEMENTS = 1 << 24
 
 
 def synthetic_spec(size: str) -> ModelSpec:
-    """The spec of a synthetic preset: 140m, 360m, 950m or tiny."""
+    """The spec of a synthetic preset (a key of SYNTHETIC_SPECS)."""
     key = size.strip().lower()
     if key not in SYNTHETIC_SPECS:
         raise InputError(f"unknown synthetic model {size}; choose from: {', '.join(SYNTHETIC_SPECS)}")
@@ -67,12 +97,18 @@ def write_synthetic_checkpoint(size: str, parent: Path, seed: int = 0, force: bo
     staging.mkdir(parents=True)
     try:
         with naming_path(folder):  # a full disk names the checkpoint being written
-            config = spec.to_config(bos_token_id=BOS_ID, eos_token_id=[EOS_ID, EOM_ID, EOT_ID], pad_token_id=None)
-            (staging / "config.json").write_text(json.dumps(config, indent=2))
-            (staging / "generation_config.json").write_text(
-                json.dumps({"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}, indent=2)
+            token_ids: dict[str, Any] = (
+                {"bos_token_id": V1_BOS_ID, "eos_token_id": V1_EOS_ID}
+                if spec.is_v1
+                else {"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, EOM_ID, EOT_ID]}
             )
-            write_llama3_shaped_tokenizer(staging)
+            config = spec.to_config(**token_ids, pad_token_id=None)
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            (staging / "generation_config.json").write_text(json.dumps(token_ids, indent=2))
+            if spec.is_v1:
+                write_llama2_shaped_tokenizer(staging)
+            else:
+                write_llama3_shaped_tokenizer(staging)
             _write_random_weights(spec, staging / "model.safetensors", seed)
             shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)
@@ -83,7 +119,9 @@ def write_synthetic_checkpoint(size: str, parent: Path, seed: int = 0, force: bo
 
 def _write_random_weights(spec: ModelSpec, path: Path, seed: int) -> None:
     """Stream a BF16 safetensors file: norms are ones, matrices N(0, 1/sqrt(fan_in))."""
-    shapes = hf_tensor_shapes(spec, tied=spec.tied_embeddings)
+    shapes = hf_tensor_shapes(
+        spec, tied=spec.tied_embeddings, architecture=spec.gguf_architecture, repeat=spec.layer_repeat
+    )
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():
@@ -153,30 +191,31 @@ def llama3_special_tokens() -> list[str]:
 _CONSONANTS = "bdfghklmnprstvz"
 _VOWELS = "aeiou"
 _SPACE = byte_alphabet()[ord(" ")]
+_SPM_SPACE = "\u2581"  # SentencePiece's stand-in for a space
 _THREE_SYLLABLE_STEP = 7919  # a prime: walks every three-syllable word once, in a scattered order
 
 
-def pseudo_word_merges(count: int) -> list[tuple[str, str]]:
+def pseudo_word_merges(count: int, space: str = _SPACE) -> list[tuple[str, str]]:
     """`count` BPE merges over byte-level text, each joining two tokens that exist before it.
 
     In order: 2- and 3-digit numbers, syllables (consonant + vowel), then words of two and
-    three syllables, each also with a leading space (most three-syllable ones with one).
+    three syllables, each also with a leading `space` (most three-syllable ones with one).
     """
     digits = "0123456789"
     syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
     merges = [(a, b) for a in digits for b in digits]
     merges += [(a + b, c) for a in digits for b in digits for c in digits]
     merges += [(syllable[0], syllable[1]) for syllable in syllables]
-    merges += [(_SPACE, syllable) for syllable in syllables]
+    merges += [(space, syllable) for syllable in syllables]
     merges += [(a, b) for a in syllables for b in syllables]
-    merges += [(_SPACE + a, b) for a in syllables for b in syllables]
+    merges += [(space + a, b) for a in syllables for b in syllables]
     n = len(syllables)
     for k in range(n**3):
         if len(merges) >= count:
             break
         index = k * _THREE_SYLLABLE_STEP % n**3
         first, second, third = syllables[index // n // n], syllables[index // n % n], syllables[index % n]
-        merges.append(((_SPACE if k % 4 else "") + first + second, third))
+        merges.append(((space if k % 4 else "") + first + second, third))
     if len(merges) < count:
         raise ValueError(f"only {len(merges)} pseudo-word merges for {count} tokens")
     return merges[:count]
@@ -259,6 +298,36 @@ def write_llama3_shaped_tokenizer(folder: Path) -> None:
                 "add_bos_token": True,
                 "chat_template": LLAMA3_CHAT_TEMPLATE,
                 "model_max_length": 32768,
+            },
+            indent=2,
+        )
+    )
+
+
+def write_llama2_shaped_tokenizer(folder: Path) -> None:
+    """A SentencePiece BPE tokenizer.model with Llama 2's layout and size (the vocabulary MobileLLM v1 uses).
+
+    <unk>, <s>, </s>, the 256 byte pieces (byte fallback), the pseudo-word pieces of
+    `pseudo_word_merges` (with SentencePiece's ▁ for a space), then the single characters they
+    are built from; llama.cpp's SPM tokenizer and sentencepiece split text alike with it.
+    """
+    singles = [_SPM_SPACE, *(chr(code) for code in range(ord("!"), ord("~") + 1))]
+    pieces = [("<unk>", 0.0, UNKNOWN), ("<s>", 0.0, CONTROL), ("</s>", 0.0, CONTROL)]
+    pieces += [(f"<0x{byte:02X}>", 0.0, BYTE) for byte in range(256)]
+    merged = [a + b for a, b in pseudo_word_merges(LLAMA2_VOCAB - len(pieces) - len(singles), space=_SPM_SPACE)]
+    pieces += [(text, -float(rank), NORMAL) for rank, text in enumerate([*merged, *singles])]
+    model = bpe_model_bytes(pieces, unk_id=V1_UNK_ID, bos_id=V1_BOS_ID, eos_id=V1_EOS_ID)
+    (folder / SENTENCEPIECE_MODEL).write_bytes(model)
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 2048,
             },
             indent=2,
         )

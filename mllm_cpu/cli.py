@@ -119,13 +119,15 @@ class LazyCommands(TyperGroup):
 
 
 app = typer.Typer(
-    cls=LazyCommands, add_completion=False, help="Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp."
+    cls=LazyCommands,
+    add_completion=False,
+    help="Run Meta's MobileLLM-R1 reasoning models (and MobileLLM v1) on CPUs with llama.cpp.",
 )
 
 
 @app.callback(invoke_without_command=True)
 def root(context: typer.Context) -> None:
-    """Run Meta's MobileLLM-R1 reasoning models on CPUs with llama.cpp."""
+    """Run Meta's MobileLLM-R1 reasoning models (and MobileLLM v1) on CPUs with llama.cpp."""
     if context.invoked_subcommand is None:
         typer.echo(context.get_help())
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mllm_cpu.convert.gguf_summary import read_summary
 from mllm_cpu.core.values import MIB
 
 _SAMPLES = 16
@@ -25,6 +26,8 @@ class ModelIdentity:
     size_bytes: int | None = None
     fingerprint: str | None = None
     endpoint: str | None = None
+    family: str | None = field(default=None, compare=False)
+    """What a local file holds, e.g. "MobileLLM v1, run as llama" (shown and recorded, not compared)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -49,5 +52,10 @@ def file_fingerprint(path: Path) -> str:
 
 
 def file_identity(path: Path) -> ModelIdentity:
-    """The identity of a local GGUF file."""
-    return ModelIdentity(model=path.name, size_bytes=path.stat().st_size, fingerprint=file_fingerprint(path))
+    """The identity of a local GGUF file, with its family (`GGUFSummary.description`)."""
+    return ModelIdentity(
+        model=path.name,
+        size_bytes=path.stat().st_size,
+        fingerprint=file_fingerprint(path),
+        family=read_summary(path).description,
+    )

@@ -4,10 +4,10 @@ Any architecture llama.cpp knows is accepted once the file is sound: the header 
 tensor's data lie inside the file, the block count and the special token ids agree with the
 tensors and the vocabulary (checked by the header reader), a tokenizer llama.cpp can use is
 present, and the hyperparameters llama.cpp asserts on (block and expert counts, RoPE scaling)
-are within its limits and agree with the tensors. MobileLLM-R1 files written by this package
-(they carry `mllm_cpu.source_architecture`) also get every tensor of the qwen3 layout checked
-by shape. The kinds of MobileLLM-R1 file that llama.cpp cannot run correctly are named with
-the fix.
+are within its limits and agree with the tensors. MobileLLM files written by this package
+(they carry `mllm_cpu.source_architecture`) also get every tensor of their layout (qwen3 for R1,
+llama for v1) checked by shape. The kinds of MobileLLM file that llama.cpp cannot run correctly
+are named with the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import gguf
 
 from mllm_cpu.convert.gguf_header import EXPERT_TENSOR_KINDS, GGUFHeader, read_gguf_header
+from mllm_cpu.convert.gguf_summary import source_description
 from mllm_cpu.convert.layout import ModelDims, match_layout
 from mllm_cpu.convert.repair import llama4_expert_count, refuse_relabelled
 from mllm_cpu.core import gguf_keys
@@ -68,9 +69,8 @@ class ModelFile:
 
     @property
     def description(self) -> str:
-        """E.g. "MobileLLM-R1 (Llama4 dense), run as qwen3", or just the architecture."""
-        source = self.header.get(gguf_keys.SOURCE_LABEL)
-        return f"{source}, run as {self.header.architecture}" if source else self.header.architecture
+        """E.g. "MobileLLM-R1 (Llama4 dense), run as qwen3" or "MobileLLM v1, run as llama"; else the architecture."""
+        return source_description(self.header.metadata, self.header.architecture)
 
     @property
     def name(self) -> str:
@@ -78,8 +78,8 @@ class ModelFile:
         return str(self.header.get(gguf_keys.NAME) or self.path.stem)
 
     @property
-    def is_mobilellm_r1(self) -> bool:
-        """True for a MobileLLM-R1 file written (converted or repaired) by this package."""
+    def is_mobilellm(self) -> bool:
+        """True for a MobileLLM file (R1 or v1) written (converted or repaired) by this package."""
         return self.header.get(gguf_keys.SOURCE_ARCHITECTURE) is not None
 
 
@@ -119,8 +119,8 @@ def validate_header(header: GGUFHeader) -> ModelFile:
     model = ModelFile(
         path, header, dims.n_layer, dims.n_embd, dims.n_head, dims.n_head_kv, dims.head_dim, dims.n_vocab, n_ctx_train
     )
-    if model.is_mobilellm_r1:
-        # every tensor the qwen3 graph reads must exist with the shape of the MobileLLM-R1 layout
+    if model.is_mobilellm:
+        # every tensor the graph reads must exist with the shape of the family's layout (R1: qwen3, v1: llama)
         match_layout(header, ModelDims.from_header(header))
     return model
 

@@ -38,6 +38,8 @@ class StoredModel:
     bytes: int = 0
     parameters: int = 0
     context_length: int | None = None
+    description: str | None = None
+    """The family and the graph it runs as, e.g. "MobileLLM v1, run as llama" (`info`'s "model")."""
     source_architecture: str | None = None
     origin: Origin | None = None
     """Where the file came from: converted, pulled or repaired."""
@@ -114,6 +116,7 @@ def _listing_row(summary: GGUFSummary) -> StoredModel:
         bytes=summary.file_bytes,
         parameters=summary.parameters,
         context_length=metadata.get(arch_key(gguf.Keys.LLM.CONTEXT_LENGTH, arch)),
+        description=summary.description,
         source_architecture=metadata.get(gguf_keys.SOURCE_ARCHITECTURE) or arch,
         origin=stored_origin(summary.path, metadata),
     )

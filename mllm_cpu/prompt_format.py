@@ -32,8 +32,10 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 
 Message = dict[str, str]
-_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-"""Turn labels of the plain transcript used for files without a chat template (base models)."""
+_PLAIN_LABELS = {"user": "Question", "assistant": "Answer"}
+"""Turn labels of the completion prompt used for files without a chat template (base models such as
+MobileLLM v1): the system prompt as the first paragraph, then "Question: ..." and "Answer: ..." lines,
+ending with "Answer:" for the reply; another role is labelled with its name."""
 
 TEMPLATE_MAX_CHARS = 1 << 20
 """The longest chat template a file may carry (published templates are at most a few tens of KB;
@@ -105,8 +107,10 @@ class PromptFormat:
         self.bos_text = self._token_text(header.get(gguf_keys.BOS_ID))
         self.eos_text = self._token_text(header.get(gguf_keys.EOS_ID))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))  # llama.cpp's reading (its key or default)
-        self.stop_texts: tuple[str, ...] = () if self.chat_template else tuple(f"\n{r}:" for r in _PLAIN_ROLES.values())
-        """Text that ends a reply: a next turn's label in the plain transcript of a file without a template."""
+        self.stop_texts: tuple[str, ...] = (
+            () if self.chat_template else tuple(f"\n{r}:" for r in _PLAIN_LABELS.values())
+        )
+        """Text that ends a reply: a next turn's label in the completion prompt of a file without a template."""
         self._counted = header.get(gguf_keys.TOKENIZER_MODEL) in COUNTED_TOKENIZERS
         self._longest_token: int | None = None
 
@@ -131,8 +135,7 @@ class PromptFormat:
     def render(self, messages: list[Message]) -> str:
         """The prompt text for a conversation, by the file's chat template (within the template bounds)."""
         if self._template is None:
-            turns = "".join(f"{_PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}\n" for m in messages)
-            return f"{turns}{_PLAIN_ROLES['assistant']}:"
+            return _plain_prompt(messages)
         try:
             return _render(self._template, messages, self.eos_text, self.bos_text, f"{self.path}: the chat template")
         except (jinja2.TemplateError, ValueError) as error:  # llama-cpp-python's raise_exception raises ValueError
@@ -215,6 +218,17 @@ def _tokenize(vocab: Any, data: bytes, add_bos: bool) -> list[int]:
         if -count <= capacity:
             raise InputError(f"llama.cpp could not tokenize a prompt of {len(data):,} bytes")
         capacity = -count
+
+
+def _plain_prompt(messages: list[Message]) -> str:
+    """The completion prompt of a conversation for a base model (see `_PLAIN_LABELS`)."""
+    parts = [
+        f"{m['content']}\n\n"
+        if m["role"] == "system"
+        else f"{_PLAIN_LABELS.get(m['role'], m['role'])}: {m['content']}\n"
+        for m in messages
+    ]
+    return f"{''.join(parts)}{_PLAIN_LABELS['assistant']}:"
 
 
 def _system_in_first_turn(messages: list[Message]) -> list[Message]:

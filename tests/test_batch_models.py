@@ -59,6 +59,7 @@ def test_records_name_the_model_and_settings_and_a_mismatch_is_refused(
         "size_bytes": q8.stat().st_size,
         "fingerprint": records[0].model.fingerprint,
         "endpoint": None,
+        "family": "MobileLLM-R1 (Llama4 dense), run as qwen3",
     }
     assert line["settings"]["max_tokens"] == 4 and line["settings"]["seed"] == 1 and line["settings"]["task"] == "auto"
     before = out.read_bytes()

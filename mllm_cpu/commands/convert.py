@@ -22,7 +22,7 @@ from mllm_cpu.commands.options import OPTIONS
 from mllm_cpu.convert.atomic_file import check_file_name, check_path_text, output_folder
 from mllm_cpu.convert.pipeline import ConvertedFile, convert_checkpoint
 from mllm_cpu.convert.quant_types import DEFAULT_QUANTS, parse_embedding_type, parse_quant_list
-from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
+from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS, write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError, terminate_as_interrupt
 from mllm_cpu.core.values import human_bytes
 from mllm_cpu.store import checkpoints_dir, models_dir
@@ -71,8 +71,8 @@ def convert(
     synthetic: Annotated[
         str | None,
         typer.Option(
-            help="Write a random-weight checkpoint with exact MobileLLM-R1 shapes (140m, 360m, 950m, tiny) "
-            "and convert it."
+            help="Write a random-weight checkpoint with the exact shapes of a MobileLLM-R1 or v1 size "
+            f"({', '.join(SYNTHETIC_SPECS)}) and convert it."
         ),
     ] = None,
     store: Annotated[bool, typer.Option(help="Write the files into the model store.")] = False,
@@ -81,7 +81,7 @@ def convert(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Convert a MobileLLM-R1 checkpoint to GGUF files at several quant levels.
+    """Convert a MobileLLM-R1 or MobileLLM v1 checkpoint to GGUF files at several quant levels.
 
     SIGTERM stops it as Ctrl-C does: the file being written is removed, finished ones are kept.
     """

@@ -38,7 +38,7 @@ def models(
         )
         return
     cells = [
-        [row.name, "-", "-", "-", "-", f"unreadable: {row.error}", "-"]
+        [row.name, "-", "-", "-", "-", f"unreadable: {row.error}", "-", "-"]
         if row.error
         else [
             row.name,
@@ -46,12 +46,13 @@ def models(
             human_bytes(row.bytes),
             _millions(row.parameters),
             row.context_length or "-",
+            row.description,
             row.source_architecture,
             row.origin.describe() if row.origin else "-",
         ]
         for row in rows
     ]
-    columns = ["name", "quant", "size", "params", "context", "source architecture", "origin"]
+    columns = ["name", "quant", "size", "params", "context", "model", "source architecture", "origin"]
     rows_text = [[escape(str(cell)) for cell in row] for row in cells]
     print_table(table(escape(f"models in {models_dir()}"), columns, rows_text))
 

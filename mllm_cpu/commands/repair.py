@@ -1,4 +1,8 @@
-"""`mllm-cpu repair`: a llama4 zero-expert MobileLLM-R1 GGUF (llama.cpp's own conversion) -> qwen3."""
+"""`mllm-cpu repair`: a llama4 zero-expert MobileLLM-R1 GGUF (llama.cpp's own conversion) -> qwen3.
+
+A `llama` file of MobileLLM v1 needs none; the files that cannot run correctly (MobileLLM-R1 relabelled
+as llama, a v1 layer-share model with each shared block once) are refused with the reason.
+"""
 
 from __future__ import annotations
 
@@ -78,7 +82,11 @@ def repair(
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Turn a dense llama4 MobileLLM-R1 GGUF (zero or one expert) into the qwen3 layout llama.cpp runs."""
+    """Turn a dense llama4 MobileLLM-R1 GGUF (zero or one expert) into the qwen3 layout llama.cpp runs.
+
+    Another runnable file (a MobileLLM v1 `llama` file among them) is left as it is; one that cannot run
+    correctly (MobileLLM-R1 relabelled as llama, a v1 layer-share file with each block once) is refused.
+    """
     if store and outdir is not None:
         raise InputError("--store and --outdir are exclusive")
     if name is not None:

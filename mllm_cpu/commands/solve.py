@@ -251,7 +251,7 @@ class _BatchBar:
             failed = sum(record.failure is not None for record in already)
             resumed = f" · resuming: {len(already)} of {self.problems} problems already there" if already else ""
             resumed += f" ({failed} recorded as failed)" if failed else ""
-            model, target = escape(terminal_safe(self.model.model)), escape(str(self.target))
+            model, target = escape(terminal_safe(_model_label(self.model))), escape(str(self.target))
             self.note(f"[dim]{model} · results in {target}{resumed}[/dim]")
         graded = [record for record in already if record.correct is not None]
         accuracy = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
@@ -301,8 +301,10 @@ def exit_code(solution: Solution, correct: bool | None, result: SandboxResult | 
 
 
 def _model_label(model: ModelIdentity) -> str:
-    """The model's name, and the server for an endpoint."""
-    return f"{model.model} at {model.endpoint}" if model.endpoint else model.model
+    """The model's name, and its family (a local file) or its server (an endpoint)."""
+    if model.endpoint:
+        return f"{model.model} at {model.endpoint}"
+    return f"{model.model} · {model.family}" if model.family else model.model
 
 
 def _solution_json(
@@ -466,10 +468,14 @@ def _show_comparison(summaries: list[ModelSummary], problems: int, interrupted: 
             {"problems": problems, "interrupted": interrupted, "models": [summary.to_dict() for summary in summaries]}
         )
         return
-    columns = ["model", "quant", "size", "problems", "accuracy", "mean tokens", "s/problem", "tokens/s", "results"]
+    columns = [
+        *("model", "family", "quant", "size", "problems", "accuracy"),
+        *("mean tokens", "s/problem", "tokens/s", "results"),
+    ]
     rows = [
         [
             escape(s.model.model),
+            escape(s.model.family or "-"),
             s.quant or "-",
             human_bytes(s.model.size_bytes) if s.model.size_bytes is not None else "-",
             f"{s.total.problems}/{s.problems}",
