@@ -112,6 +112,26 @@ def test_layer_share_file_holds_each_block_twice(v1_files: dict[str, Path]) -> N
     assert not np.array_equal(tensors["blk.1.attn_q.weight"], tensors["blk.2.attn_q.weight"])
 
 
+def test_llama_cpp_refuses_two_tensor_infos_on_one_copy_of_the_data(v1_files: dict[str, Path], tmp_path: Path) -> None:
+    """Why layer sharing is expanded: pointing a repeated block's tensor infos at its twin's data (which
+    would keep the file at the checkpoint's size) is refused by llama.cpp's GGUF reader, which expects
+    every tensor's data right after the one before."""
+    aliased = tmp_path / "aliased.gguf"
+    shutil.copy(v1_files["v1-125m-layer-share"], aliased)
+    reader = gguf.GGUFReader(aliased, "r+")
+    tensors = {t.name: t for t in reader.tensors}
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        twin, repeat = tensors[f"blk.0.{name}.weight"], tensors[f"blk.1.{name}.weight"]
+        repeat.field.parts[-1][0] = twin.field.parts[-1][0]  # the data offset
+    del reader
+    params = llama_cpp.llama_model_default_params()
+    llama_cpp.llama_backend_init()
+    assert not llama_cpp.llama_model_load_from_file(str(aliased).encode(), params)
+    sound = llama_cpp.llama_model_load_from_file(str(v1_files["v1-125m-layer-share"]).encode(), params)
+    assert sound
+    llama_cpp.llama_model_free(sound)
+
+
 @pytest.mark.parametrize("preset", sorted(PUBLISHED_PARAMETERS))
 def test_v1_preset_table(preset: str) -> None:
     spec = SYNTHETIC_SPECS[preset]
