@@ -17,9 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from mllm_cpu.batched import MAX_PARALLEL, BatchedEngine, BatchRequest, Finished, Piece, Stream
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.model_file import ModelFile
 from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.tasks import get_preset
@@ -33,6 +35,18 @@ LOCAL = "local"
 """The endpoint column of a local run."""
 MASKED = -1e30
 """The logit bias that keeps end-of-generation tokens from being sampled."""
+
+
+class _StopTokens(Protocol):
+    model: ModelFile
+
+    def is_stop(self, token: int) -> bool: ...
+
+
+def exact_length_options(engine: _StopTokens, n_gen: int) -> SamplingOptions:
+    """Greedy sampling of exactly `n_gen` tokens: every end-of-generation token of the engine's model masked."""
+    masked = {token: MASKED for token in range(engine.model.n_vocab) if engine.is_stop(token)}
+    return SamplingOptions(temperature=0.0, top_k=0, top_p=1.0, max_tokens=n_gen, logit_bias=masked)
 
 
 def check_levels(levels: list[int]) -> None:
@@ -76,8 +90,7 @@ def run_parallel_benchmark(
         tokens = engine.tokenize(engine.render_chat(problem_messages(CHAT_PROBLEM, get_preset("math"))))
         if len(tokens) + n_gen > engine.n_ctx:
             raise InputError(f"-n/--n-gen {n_gen} and the {len(tokens)}-token prompt do not fit --ctx {n_ctx}")
-        masked = {token: MASKED for token in range(engine.model.n_vocab) if engine.is_stop(token)}
-        options = SamplingOptions(temperature=0.0, top_k=0, top_p=1.0, max_tokens=n_gen, logit_bias=masked)
+        options = exact_length_options(engine, n_gen)
         request = BatchRequest(tokens, options)
         if warmup:
             if on_step:

@@ -25,7 +25,7 @@ from mllm_cpu.sampling import SamplingOptions
 from mllm_cpu.solver import problem_messages
 from mllm_cpu.tasks import get_preset
 
-from .parallel import MASKED
+from .parallel import exact_length_options
 from .speed import CHAT_PROBLEM
 
 KINDS = ("engine", "batched")
@@ -41,8 +41,7 @@ def _decode_speed(kind: str, path: Path, n_gen: int, threads: int, n_ctx: int) -
     batched = BatchedEngine(path, parallel=1, n_ctx=n_ctx, threads=threads) if kind == "batched" else None
     model = engine or batched
     assert model is not None
-    masked = {token: MASKED for token in range(model.model.n_vocab) if model.is_stop(token)}
-    options = SamplingOptions(temperature=0.0, top_k=0, top_p=1.0, max_tokens=n_gen, logit_bias=masked)
+    options = exact_length_options(model, n_gen)
     warm = SamplingOptions(temperature=0.0, max_tokens=2)
     model.chat(messages, warm, reuse_prefix=False)
     generation = model.chat(messages, options, reuse_prefix=False)

@@ -70,21 +70,24 @@ class ModelSpec:
 
     def to_config(self, **token_ids: Any) -> dict[str, Any]:
         """A config.json dict in the form the family's checkpoints ship (MobileLLM-R1's or MobileLLM v1's)."""
+        shape = {
+            "hidden_size": self.n_embd,
+            "intermediate_size": self.n_ff,
+            "num_attention_heads": self.n_head,
+            "num_key_value_heads": self.n_head_kv,
+            "head_dim": self.head_dim,
+            "vocab_size": self.n_vocab,
+            "max_position_embeddings": self.n_ctx,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+        }
         if self.is_v1:
             return {
                 "architectures": [V1_HF_CLASS],
                 "model_type": "mobilellm",
-                "hidden_size": self.n_embd,
-                "intermediate_size": self.n_ff,
+                **shape,
                 "num_hidden_layers": self.n_layer // self.layer_repeat,
-                "num_attention_heads": self.n_head,
-                "num_key_value_heads": self.n_head_kv,
-                "head_dim": self.head_dim,
-                "vocab_size": self.n_vocab,
-                "max_position_embeddings": self.n_ctx,
-                "rope_theta": self.rope_theta,
                 "rope_scaling": None,
-                "rms_norm_eps": self.rms_norm_eps,
                 "hidden_act": "silu",
                 "attention_bias": False,
                 "mlp_bias": False,
@@ -97,17 +100,9 @@ class ModelSpec:
         return {
             "architectures": [self.architecture],
             "model_type": "llama4_text",
-            "hidden_size": self.n_embd,
-            "intermediate_size": self.n_ff,
+            **shape,
             "intermediate_size_mlp": self.n_ff,
             "num_hidden_layers": self.n_layer,
-            "num_attention_heads": self.n_head,
-            "num_key_value_heads": self.n_head_kv,
-            "head_dim": self.head_dim,
-            "vocab_size": self.n_vocab,
-            "max_position_embeddings": self.n_ctx,
-            "rope_theta": self.rope_theta,
-            "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tied_embeddings,
             "num_local_experts": 0,
             "interleave_moe_layer_step": 0,

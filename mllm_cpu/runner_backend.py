@@ -38,16 +38,6 @@ class RunnerBackend:
         self._runner.start()
         self._identity: ModelIdentity | None = None
 
-    @property
-    def parallel(self) -> int:
-        """The sequences the runner decodes together."""
-        return self._runner.parallel
-
-    @property
-    def pid(self) -> int | None:
-        """The runner process's id (it changes when the runner starts again)."""
-        return self._runner.pid
-
     def chat(
         self,
         messages: list[Message],

@@ -182,10 +182,13 @@ def solve_one(request: SolveRequest, models: ModelSource, display: SolveDisplay)
     options = models.sampling(backend)
     identity = backend.identity()
     budget = request.budgets[0] if request.budgets else None
-    with display.solving(identity, preset.name, options, budget) as on_text:
-        solution = solve(
-            backend, text, preset.name, options, on_text, budget=budget, answer_tokens=request.answer_tokens
-        )
+    try:
+        with display.solving(identity, preset.name, options, budget) as on_text:
+            solution = solve(
+                backend, text, preset.name, options, on_text, budget=budget, answer_tokens=request.answer_tokens
+            )
+    finally:
+        _release(backend)
     correct = is_correct(solution, request.check) if request.check is not None else None
     result = run_solution(solution, tests, request.timeout) if request.runs_code else None
     return SolvedProblem(solution, identity, options, request.check, correct, result)
