@@ -8,10 +8,11 @@ command's docstring from its source.
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -31,7 +32,7 @@ try:  # Ctrl-C while the libraries load is still an interruption, not a tracebac
     import typer
     from rich.text import Text
     from typer import _click as click  # typer vendors click; its groups take these types
-    from typer.core import TyperCommand, TyperGroup
+    from typer.core import TyperCommand, TyperGroup, TyperOption
 
     from mllm_cpu.commands.console import err
 except KeyboardInterrupt:
@@ -67,30 +68,43 @@ COMMANDS: dict[str, CommandEntry] = {
 """The commands, in the order the help lists them."""
 
 
+class _QuickHelp(click.Command):
+    """Mixed into the command classes: `--help` is False unless given, so typer needs no
+    pydantic validator to read it (it builds one for any value that is not a bool)."""
+
+    def get_help_option(self, ctx: click.Context) -> TyperOption | None:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.default = False
+        return option
+
+
+class Command(_QuickHelp, TyperCommand):
+    """A command of `mllm-cpu`: typer's, with the quick `--help`."""
+
+
 @cache
 def load_command(name: str) -> click.Command:
     """Import one command's module and build its click command."""
     entry = COMMANDS[name]
     function = getattr(importlib.import_module(f"mllm_cpu.commands.{entry.module}"), entry.function)
-    single = typer.Typer(add_completion=False)
-    single.command(name)(function)
+    single = typer.Typer(add_completion=False, rich_markup_mode=None)
+    single.command(name, cls=Command)(function)
     return typer.main.get_command(single)
 
 
 def command_docstring(name: str) -> str:
-    """A command's docstring, read from its module's source without importing it."""
+    """A command's docstring, read from its module's source without importing (or parsing) it."""
     entry = COMMANDS[name]
     spec = importlib.util.find_spec(f"mllm_cpu.commands.{entry.module}")
     if spec is None or spec.origin is None:
         return ""
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == entry.function:
-            return ast.get_docstring(node) or ""
-    return ""
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    found = re.search(rf'^def {entry.function}\(.*?\) -> [^:\n]+:\n\s+"""(.*?)"""', source, re.DOTALL | re.MULTILINE)
+    return inspect.cleandoc(found[1]) if found else ""
 
 
-class LazyCommands(TyperGroup):
+class LazyCommands(_QuickHelp, TyperGroup):
     """The root command group: lists every command, imports only the one that runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -101,7 +115,7 @@ class LazyCommands(TyperGroup):
             return None
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        return TyperCommand(cmd_name, help=command_docstring(cmd_name))  # a stand-in for the help list
+        return Command(cmd_name, help=command_docstring(cmd_name))  # a stand-in for the help list
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -121,6 +135,7 @@ class LazyCommands(TyperGroup):
 app = typer.Typer(
     cls=LazyCommands,
     add_completion=False,
+    rich_markup_mode=None,  # plain help, as llama.cpp's tools print it: whole when piped, no rich.markdown to import
     help="Run Meta's MobileLLM-R1 reasoning models (and MobileLLM v1) on CPUs with llama.cpp.",
 )
 

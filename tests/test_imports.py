@@ -8,6 +8,8 @@ present. torch and transformers are test-only and absent from every case.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mllm_cpu.cli import COMMANDS
+from mllm_cpu.cli import COMMANDS, command_docstring
 
 HEAVY = frozenset({"llama_cpp", "openai", "huggingface_hub", "math_verify", "sympy", "torch", "transformers"})
 """The libraries that cost start-up time (llama.cpp's library load, HTTP clients, sympy) or must never load."""
@@ -37,6 +39,9 @@ FILE, ENDPOINT = "FILE", "ENDPOINT"
 """Arguments that stand for the tiny GGUF file and the endpoint stand-in's URL."""
 HELP_IMPORTS = {"pull": frozenset({"huggingface_hub"})}
 """The heavy modules a command's `--help` imports (its module's own imports); none for the others."""
+HELP_ABSENT = frozenset({"pydantic", "markdown_it"})
+"""Absent from every `--help` too: typer validates values with pydantic (a help option needs none), and its
+rich help imports markdown_it (the help is plain)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ class Case:
     @property
     def absent(self) -> frozenset[str]:
         """The heavy modules the command must not import."""
-        return HEAVY - self.present
+        extra = HELP_ABSENT if "--help" in self.args else frozenset()
+        return (HEAVY | extra) - self.present
 
 
 CASES = {
@@ -120,3 +126,11 @@ def test_command_imports_only_what_it_needs(
     modules = imported_modules([places.get(arg, arg) for arg in case.args], case.code, tmp_path)
     assert sorted(modules & case.absent) == [], f"mllm-cpu {name} imports them"
     assert sorted(case.present - modules) == [], f"mllm-cpu {name} does not import them (the check sees nothing)"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_list_reads_each_docstring_from_source(name: str) -> None:
+    """The top-level help's command list (read without importing) says what the command's own help says."""
+    entry = COMMANDS[name]
+    function = getattr(importlib.import_module(f"mllm_cpu.commands.{entry.module}"), entry.function)
+    assert command_docstring(name) == inspect.getdoc(function) != ""

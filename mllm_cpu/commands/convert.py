@@ -9,15 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mllm_cpu.commands.console import (
-    RichConvertProgress,
-    convert_columns,
-    err,
-    print_json,
-    print_table,
-    progress_bars,
-    table,
-)
+from mllm_cpu.commands.bars import RichConvertProgress, convert_columns, progress_bars
+from mllm_cpu.commands.console import err, print_json, print_table, table
 from mllm_cpu.commands.options import OPTIONS
 from mllm_cpu.convert.atomic_file import check_file_name, check_path_text, output_folder
 from mllm_cpu.convert.pipeline import ConvertedFile, convert_checkpoint

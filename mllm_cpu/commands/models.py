@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mllm_cpu.commands.console import conversion_bars, err, print_json, print_table, table, terminal_safe
+from mllm_cpu.commands.bars import conversion_bars
+from mllm_cpu.commands.console import err, print_json, print_table, table, terminal_safe
 from mllm_cpu.core.values import human_bytes
 from mllm_cpu.model_info import ModelDetails, describe_model, store_listing
 from mllm_cpu.store import (

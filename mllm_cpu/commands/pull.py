@@ -7,16 +7,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from mllm_cpu.commands.console import (
-    RichConvertProgress,
-    RichDownloads,
-    convert_columns,
-    err,
-    print_json,
-    print_table,
-    progress_bars,
-    table,
-)
+from mllm_cpu.commands.bars import RichConvertProgress, RichDownloads, convert_columns, progress_bars
+from mllm_cpu.commands.console import err, print_json, print_table, table
 from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core.values import human_bytes
 from mllm_cpu.hub import parse_repo

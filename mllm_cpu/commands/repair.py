@@ -14,15 +14,8 @@ from typing import Annotated, Any
 import gguf
 import typer
 
-from mllm_cpu.commands.console import (
-    RichConvertProgress,
-    convert_columns,
-    out,
-    print_json,
-    print_table,
-    progress_bars,
-    table,
-)
+from mllm_cpu.commands.bars import RichConvertProgress, convert_columns, progress_bars
+from mllm_cpu.commands.console import out, print_json, print_table, table
 from mllm_cpu.convert.atomic_file import check_file_name, ensure_writable_folder
 from mllm_cpu.convert.gguf_header import GGUFHeader, read_gguf_header
 from mllm_cpu.convert.gguf_summary import read_summary, summarize_header

@@ -27,15 +27,8 @@ from rich.text import Text
 
 from mllm_cpu.backend import Backend
 from mllm_cpu.batch import DEFAULT_TIMEOUT, BatchProgress, BatchStart, ModelSummary, is_stdout
-from mllm_cpu.commands.console import (
-    err,
-    out,
-    print_json,
-    print_table,
-    progress_bars,
-    table,
-    terminal_safe,
-)
+from mllm_cpu.commands.bars import progress_bars
+from mllm_cpu.commands.console import err, out, print_json, print_table, table, terminal_safe
 from mllm_cpu.commands.live_progress import LiveProgress
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
 from mllm_cpu.commands.stream_display import printable
