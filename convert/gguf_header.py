@@ -5,24 +5,25 @@ trust (magic, version, value types, tensor types, shapes and data ranges) is che
 here first, and so are the counts and ids in the metadata that must agree with what the
 file holds (the number of blocks, the special token ids), before anything is sized by
 them. Large string arrays (the vocabulary) are skipped unless asked for; numeric arrays
-longer than `MAX_LISTED_ITEMS` stay numpy arrays (as large as their bytes in the file).
+longer than `MAX_LISTED_ITEMS` stay `array.array`s (as large as their bytes in the file). It needs
+neither numpy nor gguf-py's reader, so a command that reads headers starts without them.
 """
 
 from __future__ import annotations
 
+import array
 import math
 import mmap
 import re
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gguf
-import numpy as np
-
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 
 GGUF_MAGIC = b"GGUF"
 MAX_LISTED_ITEMS = 1 << 20
@@ -56,7 +57,9 @@ _SCALARS = {
     gguf.GGUFValueType.INT64: "<q",
     gguf.GGUFValueType.FLOAT64: "<d",
 }
-_NUMPY = {t: np.dtype(fmt) for t, fmt in _SCALARS.items()}
+_U64 = struct.Struct("<Q")
+_ARRAY_CODES = {"?": "B"}
+"""`array` type codes where struct's differ (a large bool array is read as bytes)."""
 _BIG_ARRAY_KEYS = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES)
 
 
@@ -122,11 +125,12 @@ class _Cursor:
     def take(self, size: int) -> int:
         start = self.pos
         if size < 0 or start + size > len(self.buffer):
-            raise InputError(
-                f"{self.path}: truncated GGUF header (needs byte {start + size}, file has {len(self.buffer)})"
-            )
+            raise self.truncated(start + size)
         self.pos += size
         return start
+
+    def truncated(self, needed: int) -> InputError:
+        return InputError(f"{self.path}: truncated GGUF header (needs byte {needed}, file has {len(self.buffer)})")
 
     def scalar(self, fmt: str) -> Any:
         return struct.unpack_from(fmt, self.buffer, self.take(struct.calcsize(fmt)))[0]
@@ -136,8 +140,16 @@ class _Cursor:
         start = self.take(length)
         return bytes(self.buffer[start : start + length]).decode("utf-8", errors="replace")
 
-    def skip_string(self) -> None:
-        self.take(self.scalar("<Q"))
+    def skip_strings(self, count: int) -> None:
+        """Step over `count` strings (a vocabulary): `take` in local variables, as it runs 100k+ times."""
+        buffer, pos, end, length_at = self.buffer, self.pos, len(self.buffer), _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                raise self.truncated(pos + 8)
+            pos += 8 + length_at(buffer, pos)[0]
+        if pos > end:
+            raise self.truncated(pos)
+        self.pos = pos
 
 
 def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
@@ -248,22 +260,26 @@ def _read_value(
         return cursor.scalar(_SCALARS[value_type])
     item_type = _value_type(cursor.scalar("<I"), cursor.path, key)
     count = cursor.scalar("<Q")
-    item_bytes = _NUMPY[item_type].itemsize if item_type in _NUMPY else 8  # a string or an array starts with 8 bytes
+    item_format = _SCALARS.get(item_type)
+    item_bytes = struct.calcsize(item_format) if item_format else 8  # a string or an array starts with 8 bytes
     if count > (len(cursor.buffer) - cursor.pos) // item_bytes:
         raise InputError(
             f"{cursor.path}: corrupt GGUF metadata (key {key!r} claims {count} items, "
             "more than the rest of the file holds)"
         )
     lengths[key] = count
-    if item_type in _NUMPY:
-        dtype = _NUMPY[item_type]
-        start = cursor.take(count * dtype.itemsize)
-        values = np.frombuffer(cursor.buffer, dtype=dtype, count=count, offset=start)
-        return values.tolist() if count <= MAX_LISTED_ITEMS else values.copy()
+    if item_format is not None:
+        start = cursor.take(count * item_bytes)
+        if count <= MAX_LISTED_ITEMS:
+            return list(struct.unpack_from(f"<{count}{item_format[1]}", cursor.buffer, start))
+        values = array.array(_ARRAY_CODES.get(item_format[1], item_format[1]))
+        values.frombytes(cursor.buffer[start : start + count * item_bytes])
+        if sys.byteorder == "big":
+            values.byteswap()
+        return values
     if item_type == gguf.GGUFValueType.STRING:
         if key in _BIG_ARRAY_KEYS and not keep_vocabulary:
-            for _ in range(count):
-                cursor.skip_string()
+            cursor.skip_strings(count)
             return None
         return [cursor.string() for _ in range(count)]
     raise InputError(f"{cursor.path}: nested arrays are not supported (key {key!r})")

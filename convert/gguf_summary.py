@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from mllm_cpu.core import gguf_keys
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 
 from .gguf_header import GGUFHeader, read_gguf_header
 

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import gguf
-
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 
 from .gguf_header import GGUFHeader, TensorEntry
 
@@ -25,6 +24,8 @@ _T = gguf.MODEL_TENSOR
 GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
 """The llama.cpp graph MobileLLM-R1 runs as."""
 V1_GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
+LLAMA4_GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA4]
+"""What llama.cpp's own converter labels MobileLLM-R1 (a file `mllm-cpu repair` turns into qwen3)."""
 """The llama.cpp graph MobileLLM v1 (MobileLLMForCausalLM, a Llama with shared embeddings) runs as."""
 
 

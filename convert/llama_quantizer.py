@@ -15,10 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gguf
-
 from mllm_cpu.core.child import module_command
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 
 from .quant_types import QuantLevel

@@ -17,22 +17,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import gguf
 import numpy as np
 
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 
 from .atomic_file import atomic_output
 from .gguf_header import GGUFHeader, TensorEntry, read_gguf_header
-from .layout import GGUF_ARCHITECTURE, MappedTensor, ModelDims, match_layout
+from .layout import (
+    GGUF_ARCHITECTURE,
+    LLAMA4_GGUF_ARCHITECTURE,
+    V1_GGUF_ARCHITECTURE,
+    MappedTensor,
+    ModelDims,
+    match_layout,
+)
 from .model_spec import SOURCE_ARCHITECTURE_LABEL, SUPPORTED_HF_CLASSES
 from .pipeline import ConvertProgress, SilentProgress
 from .synthetic import SYNTHETIC_SPECS
 from .tensor_plan import interleaved_to_half_split
 
-BROKEN_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA4]
-_RELABELLED_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
+BROKEN_ARCHITECTURE = LLAMA4_GGUF_ARCHITECTURE
+_RELABELLED_ARCHITECTURE = V1_GGUF_ARCHITECTURE  # MobileLLM-R1 relabelled `llama` by hand, or v1 layer-share
 _DROPPED_KEY_WORDS = ("expert", "moe", "sliding_window")
 _COPY_CHUNK = 1 << 24
 _V = gguf.GGUFValueType

@@ -14,9 +14,11 @@ import inspect
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 from mllm_cpu.core.errors import (
     EXIT_INPUT,
@@ -32,7 +34,9 @@ try:  # Ctrl-C while the libraries load is still an interruption, not a tracebac
     import typer
     from rich.text import Text
     from typer import _click as click  # typer vendors click; its groups take these types
-    from typer.core import TyperCommand, TyperGroup, TyperOption
+    from typer._coercion import RuntimeParam
+    from typer.core import TyperCommand, TyperGroup, TyperOption, _TyperParameter
+    from typer.models import ParameterInfo
 
     from mllm_cpu.commands.console import err
 except KeyboardInterrupt:
@@ -79,8 +83,62 @@ class _QuickHelp(click.Command):
         return option
 
 
+_PLAIN_TYPES: dict[Any, tuple[str, Callable[[str], Any]]] = {
+    str: ("a string", str),
+    int: ("an integer", int),
+    float: ("a number", float),
+    Path: ("a path", Path),
+}
+"""The value types read without pydantic, each with its name in an error and its conversion."""
+
+
+@dataclass(frozen=True)
+class _PlainValue(RuntimeParam):
+    """A str, int, float or Path value, or a list of one of them, read without pydantic.
+
+    typer builds a pydantic validator for every parameter it reads, which costs a command tens of
+    milliseconds before it starts; these types need none. A value that does not convert is
+    typer's usage error, "Invalid value for '--threads': 'many' is not an integer."
+    """
+
+    kind: Any = str
+
+    def _coerce_value(self, value: Any, param: _TyperParameter, ctx: click.Context) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [self._one(item, param, ctx) for item in value]
+        return self._one(value, param, ctx)
+
+    def _one(self, value: Any, param: _TyperParameter, ctx: click.Context) -> Any:
+        if isinstance(value, self.kind):
+            return value
+        name, convert = _PLAIN_TYPES[self.kind]
+        try:
+            return convert(value)
+        except (TypeError, ValueError):
+            raise click.exceptions.BadParameter(f"{value!r} is not {name}.", ctx=ctx, param=param) from None
+
+
+def _plain_kind(annotation: Any, info: ParameterInfo) -> Any | None:
+    """The plain type a parameter reads (None: typer's own reading, for constraints and other types)."""
+    kind = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+    constrained = info.parser is not None or info.min is not None or info.max is not None or info.clamp
+    path_checks = info.exists or info.resolve_path or not (info.file_okay and info.dir_okay) or info.writable
+    if kind not in _PLAIN_TYPES or constrained or (kind is Path and path_checks):
+        return None
+    return kind
+
+
 class Command(_QuickHelp, TyperCommand):
-    """A command of `mllm-cpu`: typer's, with the quick `--help`."""
+    """A command of `mllm-cpu`: typer's, with the quick `--help` and plain values read without pydantic."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, _TyperParameter):
+                descriptor = param.type_descriptor
+                kind = _plain_kind(descriptor.annotation, descriptor.parameter_info)
+                if kind is not None:
+                    param._runtime_param = _PlainValue(descriptor.parameter_info, descriptor.annotation, kind)
 
 
 @cache

@@ -15,14 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
-
 from mllm_cpu.convert.gguf_header import EXPERT_TENSOR_KINDS, GGUFHeader, read_gguf_header
 from mllm_cpu.convert.gguf_summary import source_description
-from mllm_cpu.convert.layout import ModelDims, match_layout
-from mllm_cpu.convert.repair import llama4_expert_count, refuse_relabelled
+from mllm_cpu.convert.layout import LLAMA4_GGUF_ARCHITECTURE, V1_GGUF_ARCHITECTURE, ModelDims, match_layout
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.prompt_format import check_chat_templates
 
 NOT_LANGUAGE_MODELS = frozenset(
@@ -92,19 +90,8 @@ def validate_header(header: GGUFHeader) -> ModelFile:
     """Check an already parsed GGUF header (see validate_model_file)."""
     path = header.path
     arch = header.architecture
-    repair_hint = f"repair it with `mllm-cpu repair {path}` (or convert the checkpoint with `mllm-cpu convert`)"
-    llama4_experts = llama4_expert_count(header)
-    if llama4_experts == 0:
-        raise InputError(
-            f"{path}: a llama4 file with zero experts (llama.cpp's own MobileLLM-R1 conversion), which llama.cpp "
-            f"cannot load; {repair_hint}"
-        )
-    if llama4_experts == 1:
-        raise InputError(
-            f"{path}: a llama4 file with one expert and no expert tensors (a mislabelled MobileLLM-R1 conversion), "
-            f"on which llama.cpp aborts; {repair_hint}"
-        )
-    refuse_relabelled(header)
+    if arch in (LLAMA4_GGUF_ARCHITECTURE, V1_GGUF_ARCHITECTURE):
+        _refuse_unrepaired(header)
     if arch in NOT_LANGUAGE_MODELS:
         raise InputError(f"{path}: a {arch} file (a vision projector or audio decoder), not a language model")
     if arch not in KNOWN_ARCHITECTURES:
@@ -123,6 +110,26 @@ def validate_header(header: GGUFHeader) -> ModelFile:
         # every tensor the graph reads must exist with the shape of the family's layout (R1: qwen3, v1: llama)
         match_layout(header, ModelDims.from_header(header))
     return model
+
+
+def _refuse_unrepaired(header: GGUFHeader) -> None:
+    """InputError for a llama4 file that needs `mllm-cpu repair`, or a relabelled `llama` file."""
+    from mllm_cpu.convert.repair import llama4_expert_count, refuse_relabelled  # numpy: only for these two labels
+
+    path = header.path
+    repair_hint = f"repair it with `mllm-cpu repair {path}` (or convert the checkpoint with `mllm-cpu convert`)"
+    llama4_experts = llama4_expert_count(header)
+    if llama4_experts == 0:
+        raise InputError(
+            f"{path}: a llama4 file with zero experts (llama.cpp's own MobileLLM-R1 conversion), which llama.cpp "
+            f"cannot load; {repair_hint}"
+        )
+    if llama4_experts == 1:
+        raise InputError(
+            f"{path}: a llama4 file with one expert and no expert tensors (a mislabelled MobileLLM-R1 conversion), "
+            f"on which llama.cpp aborts; {repair_hint}"
+        )
+    refuse_relabelled(header)
 
 
 def _check_tokenizer(header: GGUFHeader) -> None:

@@ -6,12 +6,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from mllm_cpu.convert.gguf_header import read_gguf_header
 from mllm_cpu.convert.gguf_summary import GGUFSummary, read_summary, summarize_header
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.core.gguf_keys import arch_key
 from mllm_cpu.core.origin import Origin
 from mllm_cpu.model_file import validate_header

@@ -18,8 +18,9 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import gguf
 import numpy as np
+
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 
 DEFAULT_MAX_TOKENS = 8192
 """Most tokens a generation writes unless told otherwise (`--max-tokens`, a request's `max_tokens`)."""

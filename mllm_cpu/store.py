@@ -10,13 +10,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import gguf
 import platformdirs
 
 from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.core.origin import Origin
 from mllm_cpu.identity import file_fingerprint
 from mllm_cpu.model_file import ModelFile, validate_model_file

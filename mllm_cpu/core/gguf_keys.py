@@ -6,7 +6,7 @@ below are ours and record where a file came from.
 
 from __future__ import annotations
 
-import gguf
+from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 
 SOURCE_ARCHITECTURE = "mllm_cpu.source_architecture"
 """The Hugging Face class the weights came from, e.g. Llama4ForCausalLM."""

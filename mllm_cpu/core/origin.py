@@ -7,11 +7,12 @@ GGUF pulled as it is (not rewritten) gets a small JSON record beside it in the s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import gguf
+from typing import TYPE_CHECKING, Any
 
 from mllm_cpu.core import gguf_keys
+
+if TYPE_CHECKING:
+    import gguf
 
 ORIGIN_KINDS = ("converted", "pulled", "repaired", "unknown")
 
