@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.gguf_summary import read_summary
 from mllm_cpu.core.values import MIB
 
 _SAMPLES = 16
@@ -53,6 +52,8 @@ def file_fingerprint(path: Path) -> str:
 
 def file_identity(path: Path) -> ModelIdentity:
     """The identity of a local GGUF file, with its family (`GGUFSummary.description`)."""
+    from mllm_cpu.convert.gguf_summary import read_summary  # header reading: not for a listing from the cache
+
     return ModelIdentity(
         model=path.name,
         size_bytes=path.stat().st_size,

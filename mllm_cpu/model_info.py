@@ -1,4 +1,4 @@
-"""What a GGUF model file holds, for `mllm-cpu models` and `mllm-cpu info`."""
+"""What a GGUF model file holds, for `mllm-cpu info` (`mllm-cpu models` lists the store: `listing.py`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from mllm_cpu.convert.gguf_header import read_gguf_header
-from mllm_cpu.convert.gguf_summary import GGUFSummary, read_summary, summarize_header
+from mllm_cpu.convert.gguf_summary import summarize_header
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.core.gguf_keys import arch_key
 from mllm_cpu.core.origin import Origin
-from mllm_cpu.model_file import validate_header
-from mllm_cpu.store import stored_models, stored_origin
+from mllm_cpu.store import stored_origin
 
 SPECIAL_TOKEN_KEYS = {
     "bos": gguf.Keys.Tokenizer.BOS_ID,
@@ -25,30 +24,6 @@ SPECIAL_TOKEN_KEYS = {
     "unk": gguf.Keys.Tokenizer.UNK_ID,
 }
 _SAMPLING_PREFIX = gguf.Keys.General.SAMPLING_TEMP.rsplit(".", 1)[0] + "."
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    """One row of `mllm-cpu models`; an unreadable file has only name, file and error."""
-
-    name: str
-    file: str
-    quant: str | None = None
-    bytes: int = 0
-    parameters: int = 0
-    context_length: int | None = None
-    description: str | None = None
-    """The family and the graph it runs as, e.g. "MobileLLM v1, run as llama" (`info`'s "model")."""
-    source_architecture: str | None = None
-    origin: Origin | None = None
-    """Where the file came from: converted, pulled or repaired."""
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as JSON-ready data."""
-        if self.error:
-            return {"name": self.name, "file": self.file, "error": self.error}
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -94,35 +69,10 @@ class ModelDetails:
         return asdict(self)
 
 
-def store_listing() -> list[StoredModel]:
-    """One row per GGUF file in the store; an unreadable file gets a row with its error."""
-    rows = []
-    for path in stored_models():
-        try:
-            rows.append(_listing_row(read_summary(path)))
-        except InputError as error:
-            rows.append(StoredModel(name=path.stem, file=str(path), error=str(error)))
-    return rows
-
-
-def _listing_row(summary: GGUFSummary) -> StoredModel:
-    metadata = summary.metadata
-    arch = summary.architecture
-    return StoredModel(
-        name=summary.path.stem,
-        file=str(summary.path),
-        quant=summary.file_type,
-        bytes=summary.file_bytes,
-        parameters=summary.parameters,
-        context_length=metadata.get(arch_key(gguf.Keys.LLM.CONTEXT_LENGTH, arch)),
-        description=summary.description,
-        source_architecture=metadata.get(gguf_keys.SOURCE_ARCHITECTURE) or arch,
-        origin=stored_origin(summary.path, metadata),
-    )
-
-
 def describe_model(path: Path) -> ModelDetails:
     """Metadata of one GGUF file; `runnable` and `problem` say whether this package can run it."""
+    from mllm_cpu.model_file import validate_header  # its chat-template check imports jinja2: not for a listing
+
     header = read_gguf_header(path, keep_vocabulary=True)
     summary = summarize_header(header)
     arch = header.architecture

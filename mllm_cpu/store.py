@@ -13,16 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import platformdirs
 
 from mllm_cpu.convert.atomic_file import atomic_output
-from mllm_cpu.convert.gguf_summary import summarize_header
-from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
-from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.core.origin import Origin
 from mllm_cpu.identity import file_fingerprint
-from mllm_cpu.model_file import ModelFile, validate_model_file
 
 if TYPE_CHECKING:
     from mllm_cpu.convert.pipeline import ConvertProgress
+    from mllm_cpu.model_file import ModelFile
 
 DEFAULT_QUANT = "q4_k_m"
 _QUANT_PREFERENCE = ("Q4_K_M", "Q4_0", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16", "F32")
@@ -107,13 +104,17 @@ def write_origin_record(model: Path, origin: Origin) -> None:
         temporary.write_text(json.dumps(origin.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
+def recorded_origin(model: Path) -> Origin | None:
+    """Where a stored file came from by its origin record; None without one."""
+    try:
+        return Origin.from_dict(json.loads(origin_record(model).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
 def stored_origin(model: Path, metadata: dict[str, Any]) -> Origin:
     """Where a stored file came from: its origin record if it has one, else its own GGUF keys."""
-    try:
-        recorded = Origin.from_dict(json.loads(origin_record(model).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        recorded = None
-    return recorded or Origin.from_metadata(metadata)
+    return recorded_origin(model) or Origin.from_metadata(metadata)
 
 
 def remove_model(model: Path) -> None:
@@ -152,6 +153,8 @@ def default_model(models: list[Path]) -> Path:
     other levels, the most parameters (950M before 140M, never a tiny test model when a real
     one is there), the quant preference (Q4_K_M first), the name.
     """
+    from mllm_cpu.model_file import validate_model_file  # its chat-template check imports jinja2: not for a listing
+
     if not models:
         raise InputError(HOW_TO_GET_A_MODEL)
     valid: list[ModelFile] = []
@@ -167,6 +170,10 @@ def default_model(models: list[Path]) -> Path:
 
 
 def _default_rank(model: ModelFile) -> tuple[bool, bool, bool, int, int, str]:
+    from mllm_cpu.convert.gguf_summary import summarize_header  # header reading: not for a listing from the cache
+    from mllm_cpu.core import gguf_keys
+    from mllm_cpu.core.gguf_constants import constants as gguf
+
     summary = summarize_header(model.header)
     basename = str(model.header.get(gguf.Keys.General.BASENAME) or "")
     label = summary.file_type.upper()

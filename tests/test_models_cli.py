@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 from helpers.cli_runner import MLLM_CPU, run_cli
 from helpers.small_gguf import write_small_gguf
 from mllm_cpu.commands.console import print_table, table
-from mllm_cpu.model_info import describe_model, store_listing
+from mllm_cpu.listing import LISTING_CACHE, store_listing
+from mllm_cpu.model_info import describe_model
 
 
 @pytest.fixture(autouse=True)
@@ -141,3 +143,64 @@ def test_tables_right_align_numeric_columns(capsys: pytest.CaptureFixture[str]) 
     assert len({len(row[1].lstrip()) for row in cells}) == 3, "so they start at different ones"
     assert len({len(row[2]) - len(row[2].lstrip()) for row in cells}) == 1, "quant types start at one column"
     assert len({len(row[3].rstrip()) for row in cells}) == 1, "contexts end at one column, the '-' too"
+
+
+def _listed(*args: str) -> list[dict[str, object]]:
+    """`mllm-cpu models --json`, which must succeed."""
+    result = run_cli("models", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
+def test_models_keeps_its_rows_and_reads_only_a_changed_file(
+    stored_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLLM_CPU_CACHE", str(tmp_path / "cache"))
+    [first] = _listed()
+    cache = tmp_path / "cache" / LISTING_CACHE
+    kept = json.loads(cache.read_text())
+    assert list(kept) == [str(stored_tiny)] and kept[str(stored_tiny)]["row"]["quant"] == "Q8_0"
+
+    # a row under the file's own size, mtime and inode is the listing's: the header is not read again
+    kept[str(stored_tiny)]["row"]["quant"] = "FROM-THE-CACHE"
+    cache.write_text(json.dumps(kept))
+    assert [row["quant"] for row in _listed()] == ["FROM-THE-CACHE"]
+
+    # a rewritten file (another size and mtime) is read again, and its new row is kept
+    write_small_gguf(stored_tiny, "qwen3")
+    [changed] = _listed()
+    assert changed["quant"] != "FROM-THE-CACHE" and changed["bytes"] == stored_tiny.stat().st_size != first["bytes"]
+    assert json.loads(cache.read_text())[str(stored_tiny)]["row"]["bytes"] == changed["bytes"]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "a list", "bad rows", "a folder", "a fifo"])
+def test_models_lists_through_a_broken_cache(
+    kind: str, stored_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLLM_CPU_CACHE", str(tmp_path))
+    expected = _listed()
+    cache = tmp_path / LISTING_CACHE
+    good = json.loads(cache.read_text())
+    cache.unlink()
+    if kind == "garbage":
+        cache.write_bytes(b"\xff\x00{" * 1000)
+    elif kind == "a list":
+        cache.write_text("[1, 2, 3]")
+    elif kind == "bad rows":
+        entry = good[str(stored_tiny)]
+        cache.write_text(
+            json.dumps({str(stored_tiny): {"key": entry["key"], "row": {**entry["row"], "bytes": "many"}}})
+        )
+    elif kind == "a folder":
+        cache.mkdir()
+    else:
+        os.mkfifo(cache)
+    assert _listed() == expected
+    if kind != "a folder":  # a folder in the way stays: the listing is made without a cache
+        assert json.loads(cache.read_text()) == good
+
+
+def test_models_lists_where_the_cache_cannot_be_written(stored_tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLLM_CPU_CACHE", "/dev/null/cache")
+    [row] = _listed()
+    assert row["quant"] == "Q8_0"

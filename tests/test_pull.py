@@ -22,8 +22,8 @@ from mllm_cpu.convert.synthetic import write_synthetic_checkpoint
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.origin import Origin
 from mllm_cpu.hub import parse_repo, pull
+from mllm_cpu.listing import store_listing
 from mllm_cpu.model_file import validate_model_file
-from mllm_cpu.model_info import store_listing
 
 PUBLIC = "facebook/MobileLLM-R1-tiny"
 GATED = "facebook/MobileLLM-R1-tiny-gated"

@@ -13,7 +13,8 @@ from mllm_cpu.convert.quant_types import parse_quant_list
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.origin import Origin
-from mllm_cpu.model_info import describe_model, store_listing
+from mllm_cpu.listing import store_listing
+from mllm_cpu.model_info import describe_model
 from mllm_cpu.store import find_stored, origin_record, write_origin_record
 
 

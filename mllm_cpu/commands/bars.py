@@ -107,10 +107,3 @@ def convert_columns(*, downloads: bool = False) -> tuple[ProgressColumn, ...]:
     """The columns of conversion progress bars; with `downloads`, download bars among them show bytes and speed."""
     amount = _AmountColumn() if downloads else MofNCompleteColumn()
     return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn())
-
-
-@contextmanager
-def conversion_bars() -> Iterator[RichConvertProgress]:
-    """Bars on stderr for one conversion, e.g. of a checkpoint folder given as --model (a `store.ConversionDisplay`)."""
-    with progress_bars(*convert_columns()) as bars:
-        yield RichConvertProgress(bars)

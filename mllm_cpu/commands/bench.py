@@ -27,8 +27,8 @@ from mllm_cpu.bench.report import caption, fit_caption, fit_rows, render, right_
 from mllm_cpu.bench.request import BenchRequest, bench_draft, bench_endpoints, bench_local, bench_parallel
 from mllm_cpu.bench.results import BenchRun
 from mllm_cpu.bench.runner import BENCH_CONTEXT, BenchProgress
-from mllm_cpu.commands.bars import RichConvertProgress, conversion_bars, progress_bars
-from mllm_cpu.commands.console import err, print_json, print_table, table
+from mllm_cpu.commands.bars import RichConvertProgress, progress_bars
+from mllm_cpu.commands.console import conversion_bars, err, print_json, print_table, table
 from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.convert.synthetic import SYNTHETIC_SPECS
 from mllm_cpu.store import DEFAULT_QUANT

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -12,8 +13,21 @@ from rich.console import Console
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from mllm_cpu.commands.bars import RichConvertProgress
+
 out = Console()
 err = Console(stderr=True)
+
+
+@contextmanager
+def conversion_bars() -> Iterator[RichConvertProgress]:
+    """Bars on stderr for one conversion, e.g. of a checkpoint folder given as --model (a `store.ConversionDisplay`).
+
+    The bars' module (rich.progress) is imported when a conversion starts, not with every command."""
+    from mllm_cpu.commands.bars import RichConvertProgress, convert_columns, progress_bars
+
+    with progress_bars(*convert_columns()) as bars:
+        yield RichConvertProgress(bars)
 
 
 def terminal_safe(text: object) -> str:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from mllm_cpu.commands.bars import conversion_bars
-from mllm_cpu.commands.console import err, print_json, print_table, table, terminal_safe
+from mllm_cpu.commands.console import conversion_bars, err, print_json, print_table, table, terminal_safe
 from mllm_cpu.core.values import human_bytes
-from mllm_cpu.model_info import ModelDetails, describe_model, store_listing
+from mllm_cpu.listing import store_listing
 from mllm_cpu.store import (
     HOW_TO_GET_A_MODEL,
     cached_conversion,
@@ -21,6 +20,9 @@ from mllm_cpu.store import (
     models_dir,
     resolve_model,
 )
+
+if TYPE_CHECKING:
+    from mllm_cpu.model_info import ModelDetails
 
 
 def models(
@@ -68,6 +70,8 @@ def info(
     A checkpoint folder not converted before is converted into a temporary folder, which is
     removed afterwards: `info` never writes into the store.
     """
+    from mllm_cpu.model_info import describe_model  # the header reader: not for `models`
+
     folder = checkpoint_folder(model)
     if folder is not None and cached_conversion(folder) is None:
         with tempfile.TemporaryDirectory(prefix="mllm-cpu-info-") as temporary:

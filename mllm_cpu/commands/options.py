@@ -20,8 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from mllm_cpu.backend import Backend
-from mllm_cpu.commands.bars import conversion_bars
-from mllm_cpu.commands.console import err
+from mllm_cpu.commands.console import conversion_bars, err
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.values import comma_list
 from mllm_cpu.endpoint import API_KEY_ENV, ENDPOINT_ENV, EndpointBackend

@@ -10,9 +10,9 @@ import typer
 from mllm_cpu.bench.quality import LADDER, QualityOptions, read_text, resolve_sources, run_quality
 from mllm_cpu.bench.quality_report import caption, chart, level_rows, recommendation_lines, render
 from mllm_cpu.bench.report import chosen_format, write_report
-from mllm_cpu.commands.bars import conversion_bars, convert_columns, progress_bars
+from mllm_cpu.commands.bars import convert_columns, progress_bars
 from mllm_cpu.commands.bench import RichBenchProgress, rich_table
-from mllm_cpu.commands.console import err, out, print_table
+from mllm_cpu.commands.console import conversion_bars, err, out, print_table
 from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.core.errors import InputError
 

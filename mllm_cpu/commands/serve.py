@@ -8,8 +8,7 @@ import typer
 from rich.markup import escape
 
 from mllm_cpu.batched import DEFAULT_PARALLEL_CAP, MAX_PARALLEL
-from mllm_cpu.commands.bars import conversion_bars
-from mllm_cpu.commands.console import err
+from mllm_cpu.commands.console import conversion_bars, err
 from mllm_cpu.commands.options import Flags, with_options
 from mllm_cpu.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, ServeOptions
 from mllm_cpu.server import serve as run_server

@@ -7,27 +7,16 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.syntax import Syntax
 from rich.text import Text
 
 from mllm_cpu.backend import Backend
 from mllm_cpu.batch import DEFAULT_TIMEOUT, BatchProgress, BatchStart, ModelSummary, is_stdout
-from mllm_cpu.commands.bars import progress_bars
 from mllm_cpu.commands.console import err, out, print_json, print_table, table, terminal_safe
 from mllm_cpu.commands.live_progress import LiveProgress
 from mllm_cpu.commands.options import Flags, OptionSpec, with_options
@@ -43,6 +32,9 @@ from mllm_cpu.solve_request import BatchListener, SolveRequest, solve_batches, s
 from mllm_cpu.solver import AUTO_TASK, Solution
 from mllm_cpu.sweep import BudgetPoint, accuracy_chart
 from mllm_cpu.tasks import get_preset
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 TIMEOUT = OptionSpec(
     "timeout",
@@ -198,6 +190,10 @@ class _Display:
     @contextmanager
     def batch(self, model: ModelIdentity, target: Path, problems: int) -> Iterator[BatchListener]:
         """A progress bar with the accuracy so far (transient with --json)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from mllm_cpu.commands.bars import progress_bars  # rich.progress: for batches only
+
         columns = (
             TextColumn("solving"),
             BarColumn(),
@@ -346,6 +342,8 @@ def _show_answer(
         )
         out.print(Panel(f"no final answer: the output has no {escape(missing)}", title="answer", style="yellow"))
     elif solution.answer_kind == "code":
+        from rich.syntax import Syntax  # pygments: for code answers only
+
         out.print(
             Panel(
                 Syntax(solution.answer, solution.language or "text", theme="ansi_dark"),

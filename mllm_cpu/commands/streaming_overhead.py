@@ -15,7 +15,7 @@ from rich.console import Console
 
 from mllm_cpu.bench.llama_session import RUNTIME_FLASH_ATTN, loaded_model
 from mllm_cpu.bench.streaming_overhead import TextDisplay, measure_streaming_overhead
-from mllm_cpu.commands.bars import conversion_bars
+from mllm_cpu.commands.console import conversion_bars
 from mllm_cpu.commands.live_progress import LiveProgress
 from mllm_cpu.commands.stream_display import TerminalStream
 from mllm_cpu.engine import Engine

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from mllm_cpu.core import gguf_keys
-
 if TYPE_CHECKING:
     import gguf
 
@@ -36,6 +34,8 @@ class Origin:
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         """Record the origin in a GGUF file being written."""
+        from mllm_cpu.core import gguf_keys  # gguf-py's constants: not for a listing from the cache
+
         writer.add_string(gguf_keys.ORIGIN, self.kind)
         if self.source:
             writer.add_string(gguf_keys.ORIGIN_SOURCE, self.source)
@@ -51,6 +51,8 @@ class Origin:
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> Origin:
         """The origin recorded in a GGUF file's metadata; "unknown" for files made elsewhere."""
+        from mllm_cpu.core import gguf_keys
+
         kind = metadata.get(gguf_keys.ORIGIN)
         repaired = metadata.get(gguf_keys.REPAIRED_FROM) is not None
         if kind in ORIGIN_KINDS:
