@@ -92,6 +92,35 @@ def test_out_of_range_options_are_one_line(
     assert (code, stderr) == (2, f"error: {message}\n")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["solve", "2+2", "--max-tokens", "lots"], "Invalid value for '--max-tokens': 'lots' is not an integer."),
+        (["solve", "2+2", "--max-tokens", "1.5"], "Invalid value for '--max-tokens': '1.5' is not an integer."),
+        (["chat", "--temperature", "hot"], "Invalid value for '--temperature' / '--temp': 'hot' is not a number."),
+        (["serve", "--parallel", "two"], "Invalid value for '--parallel'"),  # bounded: typer's own reading
+        (["serve", "--parallel", "99"], "Invalid value for '--parallel'"),
+    ],
+)
+def test_values_that_are_not_their_type_are_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, stderr = _main(args, capsys, monkeypatch)
+    assert code == 2 and stderr.count("\n") == 1 and stderr.startswith(f"error: {message}"), stderr
+    assert f"(see `mllm-cpu {args[0]} --help`)" in stderr
+
+
+def test_plain_values_arrive_typed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path, an int, a float and repeated strings read without typer's validators come in as their types:
+    the checks after parsing see a missing --file as a path and 0.5 as a float (their messages say so)."""
+    code, stderr = _main(["solve", "--file", str(tmp_path / "none.jsonl"), "-m", "a", "-m", "b"], capsys, monkeypatch)
+    assert code == 2 and f"{tmp_path / 'none.jsonl'}: no such file" in stderr, stderr
+    code, stderr = _main(["chat", "--top-p", "1.5"], capsys, monkeypatch)
+    assert (code, stderr) == (2, "error: --top-p must be at most 1, got 1.5\n")
+
+
 def test_out_of_range_option_in_a_real_process() -> None:
     result = run_cli("chat", "--top-p", "2")
     assert result.returncode == 2
