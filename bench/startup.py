@@ -45,7 +45,7 @@ class StartupRow:
 
 
 SOLVE_TO_LOAD = "solve -m MODEL, to the model load"
-_RUN_CLI = "import sys; from mllm_cpu.cli import main; sys.argv[0] = 'mllm-cpu'; main()"
+_RUN_CLI = "import sys; from mllm_cpu.__main__ import main; sys.argv[0] = 'mllm-cpu'; main()"
 _STOP_AT_LOAD = "import os, llama_cpp.llama_cpp as c; c.llama_model_load_from_file = lambda *a: os._exit(0); "
 """Prepended to the child's code: llama.cpp's model loader becomes an exit (llama_cpp is then
 imported first, which moves its import time, not its amount)."""

@@ -20,6 +20,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+import typer
+from rich.text import Text
+from typer import _click as click  # typer vendors click; its groups take these types
+from typer._coercion import RuntimeParam
+from typer.core import TyperCommand, TyperGroup, TyperOption, _TyperParameter
+from typer.models import ParameterInfo
+
+from mllm_cpu.commands.console import err
 from mllm_cpu.core.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -29,19 +37,6 @@ from mllm_cpu.core.errors import (
     os_error_message,
 )
 from mllm_cpu.core.notices import set_notice_sink
-
-try:  # Ctrl-C while the libraries load is still an interruption, not a traceback
-    import typer
-    from rich.text import Text
-    from typer import _click as click  # typer vendors click; its groups take these types
-    from typer._coercion import RuntimeParam
-    from typer.core import TyperCommand, TyperGroup, TyperOption, _TyperParameter
-    from typer.models import ParameterInfo
-
-    from mllm_cpu.commands.console import err
-except KeyboardInterrupt:
-    sys.stderr.write("interrupted\n")
-    sys.exit(EXIT_INTERRUPTED)
 
 DEBUG_ENV = "MLLM_CPU_DEBUG"
 """Set to 1 to see the full traceback after a one-line error."""

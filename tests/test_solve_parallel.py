@@ -123,8 +123,11 @@ def _batch_under_way(problems_file: Path, out: Path, target: Path) -> tuple[list
 def _wait_for_records(out: Path, count: int, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if out.exists() and out.read_text(encoding="utf-8").count("\n") >= count:
-            return
+        try:
+            if out.read_text(encoding="utf-8").count("\n") >= count:
+                return
+        except FileNotFoundError:  # not yet made (it is made under another name, then renamed)
+            pass
         time.sleep(0.01)
     raise AssertionError(f"{out} did not reach {count} records")
 
