@@ -12,6 +12,7 @@ neither numpy nor gguf-py's reader, so a command that reads headers starts witho
 from __future__ import annotations
 
 import array
+import itertools
 import math
 import mmap
 import re
@@ -142,12 +143,13 @@ class _Cursor:
 
     def skip_strings(self, count: int) -> None:
         """Step over `count` strings (a vocabulary): `take` in local variables, as it runs 100k+ times."""
-        buffer, pos, end, length_at = self.buffer, self.pos, len(self.buffer), _U64.unpack_from
-        for _ in range(count):
-            if pos + 8 > end:
-                raise self.truncated(pos + 8)
-            pos += 8 + length_at(buffer, pos)[0]
-        if pos > end:
+        buffer, pos, length_at = self.buffer, self.pos, _U64.unpack_from
+        try:
+            for _ in itertools.repeat(None, count):
+                pos += 8 + length_at(buffer, pos)[0]
+        except struct.error:  # a length read past the end: the file is shorter than its strings
+            raise self.truncated(pos + 8) from None
+        if pos > len(buffer):
             raise self.truncated(pos)
         self.pos = pos
 
