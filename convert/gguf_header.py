@@ -61,7 +61,8 @@ _SCALARS = {
 _U64 = struct.Struct("<Q")
 _ARRAY_CODES = {"?": "B"}
 """`array` type codes where struct's differ (a large bool array is read as bytes)."""
-_BIG_ARRAY_KEYS = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES)
+VOCABULARY_KEYS = (gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.MERGES)
+"""The large string arrays a header read steps over unless `keep_vocabulary`."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,14 @@ class _Cursor:
         start = self.take(length)
         return bytes(self.buffer[start : start + length]).decode("utf-8", errors="replace")
 
-    def skip_strings(self, count: int) -> None:
-        """Step over `count` strings (a vocabulary): `take` in local variables, as it runs 100k+ times."""
+    def skip_strings(self, count: int, known_end: int | None = None) -> None:
+        """Step over `count` strings (a vocabulary): `take` in local variables, as it runs 100k+ times.
+
+        With `known_end` (where an earlier read of the unchanged file found them to end), jump there."""
         buffer, pos, length_at = self.buffer, self.pos, _U64.unpack_from
+        if known_end is not None and pos + 8 * count <= known_end <= len(buffer):
+            self.pos = known_end
+            return
         try:
             for _ in itertools.repeat(None, count):
                 pos += 8 + length_at(buffer, pos)[0]
@@ -154,8 +160,13 @@ class _Cursor:
         self.pos = pos
 
 
-def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
-    """Parse and bounds-check a GGUF file's header. Raises InputError on anything malformed."""
+def read_gguf_header(
+    path: Path, keep_vocabulary: bool = False, vocabulary_spans: dict[str, tuple[int, int]] | None = None
+) -> GGUFHeader:
+    """Parse and bounds-check a GGUF file's header. Raises InputError on anything malformed.
+
+    `vocabulary_spans`: the `value_spans` of the VOCABULARY_KEYS from an earlier read of the same,
+    unchanged file; a vocabulary starting where its span does is jumped over, not stepped through."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -180,7 +191,9 @@ def read_gguf_header(path: Path, keep_vocabulary: bool = False) -> GGUFHeader:
             key = cursor.string()
             start = cursor.pos
             value_type = _value_type(cursor.scalar("<I"), path, key)
-            metadata[key] = _read_value(cursor, value_type, key, keep_vocabulary, lengths)
+            known = (vocabulary_spans or {}).get(key)
+            known_end = known[1] if known is not None and known[0] == start else None
+            metadata[key] = _read_value(cursor, value_type, key, keep_vocabulary, lengths, known_end)
             spans[key] = (start, cursor.pos)
         tensors = _read_tensor_table(cursor, n_tensors, path)
         alignment = int(metadata.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
@@ -254,7 +267,12 @@ def _value_type(raw: int, path: Path, key: str) -> gguf.GGUFValueType:
 
 
 def _read_value(
-    cursor: _Cursor, value_type: gguf.GGUFValueType, key: str, keep_vocabulary: bool, lengths: dict[str, int]
+    cursor: _Cursor,
+    value_type: gguf.GGUFValueType,
+    key: str,
+    keep_vocabulary: bool,
+    lengths: dict[str, int],
+    known_end: int | None = None,
 ) -> Any:
     if value_type == gguf.GGUFValueType.STRING:
         return cursor.string()
@@ -280,8 +298,8 @@ def _read_value(
             values.byteswap()
         return values
     if item_type == gguf.GGUFValueType.STRING:
-        if key in _BIG_ARRAY_KEYS and not keep_vocabulary:
-            cursor.skip_strings(count)
+        if key in VOCABULARY_KEYS and not keep_vocabulary:
+            cursor.skip_strings(count, known_end)
             return None
         return [cursor.string() for _ in range(count)]
     raise InputError(f"{cursor.path}: nested arrays are not supported (key {key!r})")

@@ -337,5 +337,5 @@ class Engine:
     def identity(self) -> ModelIdentity:
         """The loaded file's name, size and content fingerprint."""
         if self._identity is None:
-            self._identity = file_identity(self.model.path)
+            self._identity = file_identity(self.model.path, self.model.description)
         return self._identity

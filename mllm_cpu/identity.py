@@ -50,13 +50,13 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def file_identity(path: Path) -> ModelIdentity:
-    """The identity of a local GGUF file, with its family (`GGUFSummary.description`)."""
-    from mllm_cpu.convert.gguf_summary import read_summary  # header reading: not for a listing from the cache
+def file_identity(path: Path, family: str | None = None) -> ModelIdentity:
+    """The identity of a local GGUF file, with its family (`GGUFSummary.description`: read from the
+    file's header unless the caller, who has read it, gives it)."""
+    if family is None:
+        from mllm_cpu.convert.gguf_summary import read_summary  # header reading: not for a listing from the cache
 
+        family = read_summary(path).description
     return ModelIdentity(
-        model=path.name,
-        size_bytes=path.stat().st_size,
-        fingerprint=file_fingerprint(path),
-        family=read_summary(path).description,
+        model=path.name, size_bytes=path.stat().st_size, fingerprint=file_fingerprint(path), family=family
     )

@@ -8,22 +8,17 @@ reader at all.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mllm_cpu.convert.atomic_file import atomic_output
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.origin import Origin
-from mllm_cpu.core.user_files import read_text
-from mllm_cpu.core.values import MIB
-from mllm_cpu.store import cache_home, recorded_origin, stored_models
+from mllm_cpu.file_facts import FileFacts, file_key
+from mllm_cpu.store import recorded_origin, stored_models
 
 LISTING_CACHE = "listing.json"
-"""The file in `cache_home()` that keeps the rows."""
-_LISTING_CACHE_LIMIT = 8 * MIB
+"""The file in `cache_home()` that keeps the rows (a `FileFacts`)."""
 
 
 @dataclass(frozen=True)
@@ -55,25 +50,22 @@ def store_listing() -> list[StoredModel]:
 
     A file's row comes from the listing cache while its size, mtime and inode are those cached;
     its origin record, a file of its own, is read each time."""
-    cache_file = cache_home() / LISTING_CACHE
-    cached = _read_listing_cache(cache_file)
-    kept: dict[str, dict[str, Any]] = {}
+    facts = FileFacts(LISTING_CACHE)
+    paths = stored_models()
+    facts.keep_only({str(path) for path in paths})
     rows = []
-    for path in stored_models():
+    for path in paths:
         try:
-            stat = path.stat()
-            key = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-            entry = cached.get(str(path))
-            row = _cached_row(entry["row"]) if isinstance(entry, dict) and entry.get("key") == key else None
+            key = file_key(path)
+            row = _cached_row(facts.get(path, key))
             if row is None:
                 row = _listing_row(path)
-            kept[str(path)] = {"key": key, "row": asdict(row)}
+                facts.put(path, key, asdict(row))
             rows.append(StoredModel(**{**asdict(row), "origin": recorded_origin(path) or row.origin}))
         except (InputError, OSError) as error:
             message = str(error) if isinstance(error, InputError) else f"{path}: {error.strerror or error}"
             rows.append(StoredModel(name=path.stem, file=str(path), error=message))
-    if kept != cached:
-        _write_listing_cache(cache_file, kept)
+    facts.save()
     return rows
 
 
@@ -110,22 +102,3 @@ def _cached_row(data: Any) -> StoredModel | None:
     except TypeError:
         return None
     return row if origin is not None and isinstance(row.name, str) and isinstance(row.bytes, int) else None
-
-
-def _read_listing_cache(path: Path) -> dict[str, Any]:
-    """The cached rows by file path; empty when the cache is missing, unreadable or not one."""
-    try:
-        data = json.loads(read_text(path, _LISTING_CACHE_LIMIT, "listing cache"))
-    except (InputError, OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_listing_cache(path: Path, rows: dict[str, dict[str, Any]]) -> None:
-    """Replace the cache (write, then rename); a store that cannot be written to just lists without one."""
-    try:
-        os.makedirs(path.parent, exist_ok=True)
-        with atomic_output(path) as temporary:
-            temporary.write_text(json.dumps(rows), encoding="utf-8")
-    except (InputError, OSError):
-        pass

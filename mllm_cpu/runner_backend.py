@@ -71,7 +71,7 @@ class RunnerBackend:
     def identity(self) -> ModelIdentity:
         """The file's name, size and content fingerprint (as for `Engine`, so records are comparable)."""
         if self._identity is None:
-            self._identity = file_identity(self.model.path)
+            self._identity = file_identity(self.model.path, self.model.description)
         return self._identity
 
     def close(self) -> None:

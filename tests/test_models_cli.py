@@ -159,10 +159,10 @@ def test_models_keeps_its_rows_and_reads_only_a_changed_file(
     [first] = _listed()
     cache = tmp_path / "cache" / LISTING_CACHE
     kept = json.loads(cache.read_text())
-    assert list(kept) == [str(stored_tiny)] and kept[str(stored_tiny)]["row"]["quant"] == "Q8_0"
+    assert list(kept) == [str(stored_tiny)] and kept[str(stored_tiny)]["value"]["quant"] == "Q8_0"
 
     # a row under the file's own size, mtime and inode is the listing's: the header is not read again
-    kept[str(stored_tiny)]["row"]["quant"] = "FROM-THE-CACHE"
+    kept[str(stored_tiny)]["value"]["quant"] = "FROM-THE-CACHE"
     cache.write_text(json.dumps(kept))
     assert [row["quant"] for row in _listed()] == ["FROM-THE-CACHE"]
 
@@ -170,7 +170,7 @@ def test_models_keeps_its_rows_and_reads_only_a_changed_file(
     write_small_gguf(stored_tiny, "qwen3")
     [changed] = _listed()
     assert changed["quant"] != "FROM-THE-CACHE" and changed["bytes"] == stored_tiny.stat().st_size != first["bytes"]
-    assert json.loads(cache.read_text())[str(stored_tiny)]["row"]["bytes"] == changed["bytes"]
+    assert json.loads(cache.read_text())[str(stored_tiny)]["value"]["bytes"] == changed["bytes"]
 
 
 @pytest.mark.parametrize("kind", ["garbage", "a list", "bad rows", "a folder", "a fifo"])
@@ -189,7 +189,7 @@ def test_models_lists_through_a_broken_cache(
     elif kind == "bad rows":
         entry = good[str(stored_tiny)]
         cache.write_text(
-            json.dumps({str(stored_tiny): {"key": entry["key"], "row": {**entry["row"], "bytes": "many"}}})
+            json.dumps({str(stored_tiny): {"key": entry["key"], "value": {**entry["value"], "bytes": "many"}}})
         )
     elif kind == "a folder":
         cache.mkdir()
