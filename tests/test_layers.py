@@ -17,8 +17,9 @@ ALLOWED = {
     "mllm_cpu": ("mllm_cpu",),
 }
 
-COMMAND_LAYER = ("mllm_cpu/commands", "mllm_cpu/cli.py")
-"""What prints and draws: the typer commands, cli.py and the terminal modules (console, stream_display, ...)."""
+COMMAND_LAYER = ("mllm_cpu/commands", "mllm_cpu/cli.py", "mllm_cpu/__main__.py")
+"""What prints and draws: the typer commands, cli.py (with its entry point, __main__.py) and the terminal
+modules (console, bars, stream_display, ...)."""
 
 TERMINAL = ("mllm_cpu.commands", "mllm_cpu.cli", "rich")
 """What only the command layer imports: itself and rich."""
