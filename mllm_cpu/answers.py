@@ -53,33 +53,35 @@ def closing_brace(text: str, start: int, limit: int | None = None) -> int | None
     return None
 
 
-def _braced_content(text: str, open_index: int) -> str | None:
-    """The text inside the brace group opening at `open_index`; None if never closed."""
-    end = closing_brace(text, open_index)
-    return None if end is None else text[open_index + 1 : end]
-
-
-def _box_argument(text: str, end_of_command: int) -> str | None:
-    """The argument of the box command ending at `end_of_command`, if complete."""
+def _box_argument(text: str, end_of_command: int, limit: int) -> tuple[str | None, int | None]:
+    """The argument of the box command ending at `end_of_command`, if complete, and where a brace
+    group that opens there but is not closed before `limit` opens (else None)."""
     index = end_of_command
     while index < len(text) and text[index].isspace():
         index += 1
     if index < len(text) and text[index] == "{":
-        return _braced_content(text, index)
+        end = closing_brace(text, index, limit)
+        return (None, index) if end is None else (text[index + 1 : end], None)
     if index == end_of_command:
-        return None
+        return None, None
     token = _TOKEN.match(text, index)
-    return token.group().rstrip(".,;:") if token else None
+    return (token.group().rstrip(".,;:") if token else None), None
 
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last complete `\\boxed{...}`, `\\fbox{...}` or `\\boxed 5` in `text`.
 
-    Nested and escaped braces are handled; unterminated and empty boxes are ignored.
+    Nested and escaped braces are handled; unterminated and empty boxes are ignored. The boxes are
+    tried from the last; a box whose braces run into a later unclosed one's is unclosed too (its
+    depth never falls back), so each scan stops there and hostile text (20,000 unclosed boxes) is
+    read in linear time.
     """
+    never_closed = len(text)
     for match in reversed(list(_BOX_COMMAND.finditer(text))):
-        content = _box_argument(text, match.end())
-        if content is not None and content.strip():
+        content, unclosed_at = _box_argument(text, match.end(), never_closed)
+        if unclosed_at is not None:
+            never_closed = unclosed_at
+        elif content is not None and content.strip():
             return content.strip()
     return None
 

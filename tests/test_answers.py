@@ -32,12 +32,34 @@ BOXED_CASES = [
     (r"I will put the answer within \boxed{}.", None),
     ("The model rambled and never answered.", None),
     (r"\boxedx{3}", None),
+    (r"\boxed{1} then \boxed{x \boxed{y", "1"),  # two unclosed boxes after a complete one
+    (r"\boxed{2 \boxed{3}", "3"),
+    (r"\boxed{4} \boxed{ }", "4"),
 ]
 
 
 @pytest.mark.parametrize(("output", "expected"), BOXED_CASES)
 def test_extract_boxed(output: str, expected: str | None) -> None:
     assert extract_boxed(output) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\\boxed{" * 20_000, None),  # each box unclosed: tried one by one, 20,000 scans to the end
+        ("\\boxed{1} " + "\\boxed{" * 20_000, "1"),
+        ("\\boxed{" + "{" * 100_000, None),
+    ],
+)
+def test_extract_boxed_reads_hostile_text_in_bounded_time(text: str, expected: str | None) -> None:
+    """A model (or an endpoint) that writes thousands of unclosed boxes does not stall the grading: the
+    scan was quadratic (74 s for the first case); it must now finish well inside the bound."""
+    found: list[str | None] = []
+    worker = threading.Thread(target=lambda: found.append(extract_boxed(text)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "extract_boxed did not finish in 10 s"
+    assert found == [expected]
 
 
 PYTHON_OUTPUT = """<think>
