@@ -8,7 +8,7 @@ reader at all.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def store_listing() -> list[StoredModel]:
             if row is None:
                 row = _listing_row(path)
                 facts.put(path, key, asdict(row))
-            rows.append(StoredModel(**{**asdict(row), "origin": recorded_origin(path) or row.origin}))
+            rows.append(replace(row, origin=recorded_origin(path) or row.origin))
         except (InputError, OSError) as error:
             message = str(error) if isinstance(error, InputError) else f"{path}: {error.strerror or error}"
             rows.append(StoredModel(name=path.stem, file=str(path), error=message))
