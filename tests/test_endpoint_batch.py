@@ -26,9 +26,15 @@ def model(tiny_ggufs: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServeProcess]]:
-    """Two servers of the same file, as two boards would be."""
+    """Two servers of the same file, as two boards would be.
+
+    Each decodes one request at a time: a batch of two sequences sums its attention in another
+    order, which flips near-ties of random weights (about one run in five), and this module tests
+    the endpoint path, not batching (tests/test_serve_parallel.py does, with the trained model).
+    """
     home = tmp_path_factory.mktemp("serve_home")
-    processes = [ServeProcess("--model", str(model), "--threads", "1", home=home) for _ in range(2)]
+    args = ("--model", str(model), "--threads", "1", "--parallel", "1")
+    processes = [ServeProcess(*args, home=home) for _ in range(2)]
     yield processes
     for process in processes:
         process.stop(signal.SIGKILL)
@@ -95,7 +101,7 @@ def test_parallel_batch_over_two_servers_equals_the_local_run(
     assert result.returncode == 0, result.stderr
     remote = _records(out)
     assert remote.keys() == local_records.keys()
-    assert all(_same_results(remote[key], local_records[key]) for key in remote)
+    assert [key for key in remote if not _same_results(remote[key], local_records[key])] == []
     identity = remote["q0"]["model"]
     assert identity["model"] == model.stem
     assert identity["endpoint"] == ", ".join(server.url for server in servers)
