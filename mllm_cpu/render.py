@@ -13,9 +13,9 @@ A model's reply is untrusted text. `render_html` turns it into HTML in three ste
 3. nh3 (ammonia) keeps only the tags and attributes of `ALLOWED_TAGS` / `ALLOWED_ATTRIBUTES`:
    no script, style, image, form or event handler survives, and links keep http, https and mailto.
 
-`final_answer` finds the last `\\boxed{...}` of a reply and renders its content as display math, the
-answer the page shows apart. Everything here is pure Python and runs in well under a second for the
-largest text the server takes (`MAX_RENDER_CHARS`).
+`final_answer` renders the answer `solve` grades (the last closed box, as `answers.extract_boxed` finds
+it) as display math, the answer the page shows apart. Everything here is pure Python and runs in well
+under a second for the largest text the server takes (`MAX_RENDER_CHARS`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from mllm_cpu.answers import closing_brace
+from mllm_cpu.answers import closing_brace, extract_boxed
 from mllm_cpu.tasks import PRESETS
 
 MAX_RENDER_CHARS = 200_000
@@ -45,8 +45,6 @@ MAX_BLOCK_CHARS = 10_000
 """The longest block (text between blank lines) rendered as markdown; a longer line is shown plain."""
 MAX_CACHE_CHARS = 8_000_000
 """The most text (blocks and their HTML) the cache of rendered blocks keeps."""
-MAX_ANSWER_TRIES = 20
-"""How many of the last `\\boxed{` openings `final_answer` tries for a closed one."""
 MAX_BOXED_CHARS = 1_000
 """The longest bare `\\boxed{...}` (outside math delimiters) taken as math."""
 MAX_HIGHLIGHT_CHARS = 20_000
@@ -217,18 +215,11 @@ def render_html(text: str) -> str:
 
 
 def final_answer(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` in `text` as sanitised display MathML (text when it is not
-    valid LaTeX); None when there is no closed box (among the last few)."""
-    start = text.rfind("\\boxed{")
-    for _ in range(MAX_ANSWER_TRIES):
-        if start < 0:
-            break
-        end = closing_brace(text, start + len("\\boxed"), start + MAX_MATH_CHARS)
-        if end is not None:
-            content = text[start + len("\\boxed{") : end]
-            return sanitise(_math_html(content.strip(), display=True, budget=_Budget()))
-        start = text.rfind("\\boxed{", 0, start)
-    return None
+    """The answer `solve` grades (`answers.extract_boxed`: the last closed, non-empty `\\boxed{...}`,
+    `\\fbox{...}` or `\\boxed 5`) as sanitised display MathML, or its text when it is not valid LaTeX
+    or longer than `MAX_MATH_CHARS`; None when there is none."""
+    content = extract_boxed(text)
+    return None if content is None else sanitise(_math_html(content, display=True, budget=_Budget()))
 
 
 def sanitise(markup: str) -> str:

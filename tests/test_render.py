@@ -14,9 +14,11 @@ import time
 
 import pytest
 
+from mllm_cpu.answers import extract_boxed
 from mllm_cpu.render import (
     ALLOWED_ATTRIBUTES,
     ALLOWED_TAGS,
+    MAX_MATH_CHARS,
     MAX_RENDER_CHARS,
     RENDER_SECONDS,
     final_answer,
@@ -208,7 +210,27 @@ def test_the_final_answer_is_the_last_closed_box() -> None:
     assert final_answer("no box here") is None
     answer = final_answer("first \\boxed{1}, then \\boxed{\\frac{2}{3}} and \\boxed{4")
     assert answer is not None and "<mfrac>" in answer and 'display="block"' in answer
-    assert final_answer("\\boxed{ }") is not None
+    assert final_answer("\\boxed{ }") is None  # no answer to grade, so none to show
+
+
+LONG_ANSWER = "x" * (MAX_MATH_CHARS + 10)
+
+
+@pytest.mark.parametrize(
+    ("text", "graded"),
+    [
+        ("so \\fbox{12}", "12"),
+        ("the answer is \\boxed 5.", "5"),
+        ("\\boxed{3} then \\boxed{} and \\boxed{ }", "3"),
+        ("\\boxed{1}" + " \\boxed{2" * 30, "1"),
+        (f"\\boxed{{{LONG_ANSWER}}}", LONG_ANSWER),
+    ],
+)
+def test_the_page_shows_the_answer_solve_grades(text: str, graded: str) -> None:
+    assert extract_boxed(text) == graded
+    answer = final_answer(text)
+    assert answer is not None
+    assert html.unescape(re.sub("<[^>]+>", "", answer)).strip() == graded
     assert render_reply("\\boxed{7}", "math")["answer"] is not None
     assert render_reply("\\boxed{7}", "python")["answer"] is None
 
