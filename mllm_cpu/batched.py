@@ -58,7 +58,7 @@ from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.engine import FLASH_ATTENTION, Generation, PromptTooLong, StopReason, context_length
 from mllm_cpu.hardware import available_memory_bytes, physical_cores
-from mllm_cpu.identity import ModelIdentity, file_identity
+from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat
@@ -300,7 +300,6 @@ class BatchedEngine:
         self._bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.prompt_format = PromptFormat(header, self, self.vocab)
         self._pieces: dict[int, bytes] = {}
-        self._identity: ModelIdentity | None = None
         self._prefix_seq = parallel
         self._prefix: list[int] = []
         self._free_ids = list(range(parallel - 1, -1, -1))
@@ -358,9 +357,7 @@ class BatchedEngine:
 
     def identity(self) -> ModelIdentity:
         """The loaded file's name, size and content fingerprint."""
-        if self._identity is None:
-            self._identity = file_identity(self.model.path, self.model.description)
-        return self._identity
+        return self.model.identity
 
     def is_stop(self, token: int) -> bool:
         """True for every end-of-generation token: eos, eot, eom and llama.cpp's EOG set."""

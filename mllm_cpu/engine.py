@@ -17,7 +17,7 @@ from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
 from mllm_cpu.hardware import physical_cores
-from mllm_cpu.identity import ModelIdentity, file_identity
+from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat, PromptTooLong, special_tokens_not_utf8
@@ -161,7 +161,6 @@ class Engine:
             if header.get(key) is not None
         }
         self.prompt_format = PromptFormat(header, self.llama)
-        self._identity: ModelIdentity | None = None
 
     def _warm_up(self) -> None:
         """Evaluate one token and forget it, as llama.cpp's tools do: the first reply pays no start-up costs."""
@@ -336,6 +335,4 @@ class Engine:
 
     def identity(self) -> ModelIdentity:
         """The loaded file's name, size and content fingerprint."""
-        if self._identity is None:
-            self._identity = file_identity(self.model.path, self.model.description)
-        return self._identity
+        return self.model.identity

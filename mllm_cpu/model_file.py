@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.gguf_constants import constants as gguf  # gguf-py's constants alone: no numpy
 from mllm_cpu.file_facts import FileFacts, file_key
+from mllm_cpu.identity import ModelIdentity, file_identity
 from mllm_cpu.prompt_format import check_chat_templates
 
 NOT_LANGUAGE_MODELS = frozenset(
@@ -72,6 +74,11 @@ class ModelFile:
     def description(self) -> str:
         """E.g. "MobileLLM-R1 (Llama4 dense), run as qwen3" or "MobileLLM v1, run as llama"; else the architecture."""
         return source_description(self.header.metadata, self.header.architecture)
+
+    @cached_property
+    def identity(self) -> ModelIdentity:
+        """The file's name, size and content fingerprint, with its family (computed once)."""
+        return file_identity(self.path, self.description)
 
     @property
     def name(self) -> str:

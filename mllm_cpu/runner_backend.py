@@ -18,7 +18,7 @@ from mllm_cpu.backend import ReplyFailed
 from mllm_cpu.batched import BatchRequest, Failed, Finished, Piece
 from mllm_cpu.budget import BudgetedGeneration, ThinkingBudget
 from mllm_cpu.engine import Generation
-from mllm_cpu.identity import ModelIdentity, file_identity
+from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.prompt_format import Message
 from mllm_cpu.runner import Log, Runner, RunnerSpec, RunnerUnavailable
 from mllm_cpu.sampling import SamplingOptions
@@ -36,7 +36,6 @@ class RunnerBackend:
         self.detokenize = self.served.vocab.detokenize
         self._runner = Runner(RunnerSpec(path, parallel, self.served.n_ctx, threads), path.stem, log)
         self._runner.start()
-        self._identity: ModelIdentity | None = None
 
     def chat(
         self,
@@ -70,9 +69,7 @@ class RunnerBackend:
 
     def identity(self) -> ModelIdentity:
         """The file's name, size and content fingerprint (as for `Engine`, so records are comparable)."""
-        if self._identity is None:
-            self._identity = file_identity(self.model.path, self.model.description)
-        return self._identity
+        return self.model.identity
 
     def close(self) -> None:
         """Stop the runner (replies in flight end as failed)."""
