@@ -404,9 +404,11 @@ def serve(
     announce: Callable[[str], None],
     warn: Callable[[str], None],
     display: ConversionDisplay | None = None,
+    on_listening: Callable[[str], None] | None = None,
 ) -> int:
     """Load the models (a checkpoint folder's conversion shown by `display`), start the first one's runner
-    and serve until SIGTERM or Ctrl-C; returns the exit status (0, or 130 after Ctrl-C)."""
+    and serve until SIGTERM or Ctrl-C; returns the exit status (0, or 130 after Ctrl-C). `on_listening`
+    is given the tutor page's URL on this machine once the server takes requests."""
     import uvicorn
 
     options.validate()
@@ -442,6 +444,8 @@ def serve(
             together = f"{pool.parallel} request{'s' if pool.parallel != 1 else ''} decode together"
             announce(f"serving {', '.join(m.name for m in served)} at http://{host}:{port}/v1 ({auth}; {together})")
             announce(f"the tutor page: {page_url(options.host, port)}")
+            if on_listening is not None:
+                on_listening(local_page_url(options.host, port))
 
         if warning:
             warn(warning)
@@ -459,6 +463,12 @@ def page_url(host: str, port: int) -> str:
     """The tutor page's URL to tell users: for a wildcard address, with this machine's name."""
     if host in ("0.0.0.0", "::", ""):
         return f"http://{socket.gethostname()}:{port}/ (or this machine's address on your network)"
+    return local_page_url(host, port)
+
+
+def local_page_url(host: str, port: int) -> str:
+    """The tutor page's URL for a browser on this machine (loopback for a wildcard address)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 

@@ -2,7 +2,8 @@
 
 The model adds numbers with worked steps and a boxed answer, so the page shows real reasoning, a real
 answer and a real thinking budget. One server (and one with an API key) serves the whole module; each
-test gets a fresh browser context. Every test also checks that the page asked nothing of any other
+test gets a fresh browser context (`serve --open` is tested on servers of its own, with Chromium as
+$BROWSER). Every test also checks that the page asked nothing of any other
 origin and raised no script error. Screenshots go to `$MLLM_CPU_SCREENSHOTS` (else the test's tmp_path).
 """
 
@@ -302,6 +303,64 @@ def test_the_page_is_public_with_a_strict_policy_and_the_api_is_not(keyed_server
     assert status == 400 and error["error"]["param"] == "text"
     status, error = post_declaring(keyed_server.base + "/extras/render", 2 << 20, KEY)
     assert status == 413 and error["error"]["code"] == "body_too_large"
+
+
+def _without_a_desktop(**extra: str) -> dict[str, str]:
+    """The test's environment with no display or terminal, so only $BROWSER can be a browser."""
+    hidden = ("DISPLAY", "WAYLAND_DISPLAY", "TERM", "BROWSER")
+    return {**{k: v for k, v in os.environ.items() if k not in hidden}, **extra}
+
+
+def test_open_shows_the_page_in_the_browser(target_gguf: Path, tmp_path: Path) -> None:
+    dom = tmp_path / "page.html"
+    browser = tmp_path / "browser"
+    browser.write_text(
+        "#!/bin/sh\n"
+        f"{CHROMIUM} --headless --no-sandbox --disable-gpu --user-data-dir={tmp_path / 'profile'} "
+        f'--virtual-time-budget=10000 --dump-dom "$1" > {dom}.part && mv {dom}.part {dom}\n'
+    )
+    browser.chmod(0o755)
+    process = ServeProcess(
+        "--model",
+        str(target_gguf),
+        "--threads",
+        "1",
+        "--open",
+        home=tmp_path / "home",
+        environment=_without_a_desktop(BROWSER=str(browser)),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not dom.exists() and time.monotonic() < deadline and process.process.poll() is None:
+            time.sleep(0.2)
+        assert dom.exists(), "".join(process.stderr)
+        page = dom.read_text()
+        assert "<title>Tutor</title>" in page
+        assert f'<option value="{target_gguf.stem}"' in page  # the page's script asked the server for its models
+    finally:
+        assert process.stop() == 0
+    assert not any("warning" in line for line in process.stderr)
+
+
+def test_open_without_a_browser_warns_and_serves(target_gguf: Path, tmp_path: Path) -> None:
+    process = ServeProcess(
+        "--model",
+        str(target_gguf),
+        "--threads",
+        "1",
+        "--open",
+        home=tmp_path / "home",
+        environment=_without_a_desktop(BROWSER="/bin/false"),
+    )
+    try:
+        expected = f"warning: no web browser could be opened here: open {process.base}/ in one\n"
+        deadline = time.monotonic() + 30
+        while expected not in process.stderr and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert expected in process.stderr, "".join(process.stderr)
+        assert get(f"{process.base}/health")[0] == 200
+    finally:
+        assert process.stop() == 0
 
 
 def test_the_page_files_are_package_data() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 import typer
@@ -35,6 +36,9 @@ def serve(
             f"{DEFAULT_PARALLEL_CAP}, as many as memory holds; shown at start-up). More wait in the queue.",
         ),
     ] = None,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="Open the tutor page in this machine's web browser once serving.")
+    ] = False,
     *,
     flags: Flags,
 ) -> None:
@@ -63,7 +67,25 @@ def serve(
     code = run_server(
         options,
         announce=lambda line: err.print(escape(line), highlight=False, soft_wrap=True),
-        warn=lambda line: err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True),
+        warn=_warn,
         display=conversion_bars,
+        on_listening=_open_in_browser if open_page else None,
     )
     raise typer.Exit(code)
+
+
+def _warn(line: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _open_in_browser(url: str) -> None:
+    """Open `url` in the web browser ($BROWSER, else the desktop's), on a thread of its own: a browser
+    that runs in the terminal returns only when it is closed, and the server must not wait for it."""
+
+    def run() -> None:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            _warn(f"no web browser could be opened here: open {url} in one")
+
+    threading.Thread(target=run, name="open-browser", daemon=True).start()

@@ -24,8 +24,9 @@ START_SECONDS = 120
 class ServeProcess:
     """A running `mllm-cpu serve --port 0 ARGS`; `url` is its /v1 base URL, read from the startup line."""
 
-    def __init__(self, *args: str, home: Path) -> None:
-        env = {**os.environ, "MLLM_CPU_HOME": str(home)}
+    def __init__(self, *args: str, home: Path, environment: dict[str, str] | None = None) -> None:
+        """`environment` replaces the test's own (os.environ) as the server's."""
+        env = {**(os.environ if environment is None else environment), "MLLM_CPU_HOME": str(home)}
         self.process = subprocess.Popen(
             [MLLM_CPU, "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL,
