@@ -24,7 +24,7 @@ import typer
 from rich.text import Text
 from typer import _click as click  # typer vendors click; its groups take these types
 from typer._coercion import RuntimeParam
-from typer.core import TyperCommand, TyperGroup, TyperOption, _TyperParameter
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption, _TyperParameter
 from typer.models import ParameterInfo
 
 from mllm_cpu.commands.console import err
@@ -85,6 +85,8 @@ _PLAIN_TYPES: dict[Any, tuple[str, Callable[[str], Any]]] = {
     Path: ("a path", Path),
 }
 """The value types read without pydantic, each with its name in an error and its conversion."""
+_METAVARS: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+"""How the help shows an option's value, as click does (typer 0.29 would show `<list[str]>`)."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,21 @@ def _plain_kind(annotation: Any, info: ParameterInfo) -> Any | None:
     return kind
 
 
+class _Argument(TyperArgument):
+    """An argument shown as click shows it: `NAMES...` and `[MODEL_DIR]`, without typer 0.29's
+    `{names}...` and `<list[str]>`."""
+
+    def display_type_rich(self, ctx: click.Context) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or ""
+        return name if self.required else f"[{name}]"
+
+
 class Command(_QuickHelp, TyperCommand):
-    """A command of `mllm-cpu`: typer's, with the quick `--help` and plain values read without pydantic."""
+    """A command of `mllm-cpu`: typer's, with the quick `--help`, plain values read without pydantic and
+    click's names for option values."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -134,6 +149,13 @@ class Command(_QuickHelp, TyperCommand):
                 kind = _plain_kind(descriptor.annotation, descriptor.parameter_info)
                 if kind is not None:
                     param._runtime_param = _PlainValue(descriptor.parameter_info, descriptor.annotation, kind)
+            if isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
+                annotation = param.type_descriptor.annotation
+                element = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+                param.metavar = _METAVARS.get(element)
+            elif isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.__class__ = _Argument
+                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
 
 
 @cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from helpers.cli_runner import MLLM_CPU, files_in, run_cli
 from helpers.read_only import read_only_mount
 from mllm_cpu.bench.report import caption, speed_rows
 from mllm_cpu.bench.runner import BenchOptions, run_benchmark
-from mllm_cpu.cli import main
+from mllm_cpu.cli import COMMANDS, main
 from mllm_cpu.convert.synthetic import BOS_ID, EOS_ID, EOT_ID, LLAMA3_REGULAR_TOKENS, LLAMA3_VOCAB
 
 
@@ -125,6 +126,27 @@ def test_plain_values_arrive_typed(
     assert code == 2 and f"{tmp_path / 'none.jsonl'}: no such file" in stderr, stderr
     code, stderr = _main(["chat", "--top-p", "1.5"], capsys, monkeypatch)
     assert (code, stderr) == (2, "error: --top-p must be at most 1, got 1.5\n")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_names_values_as_click_does(command: str) -> None:
+    """Options show TEXT, INTEGER, FLOAT or PATH and arguments their upper-case names, not typer 0.29's
+    `<list[str]>` and `{names}...`."""
+    result = run_cli(command, "--help")
+    assert result.returncode == 0 and result.stdout.startswith(f"Usage: mllm-cpu {command} [OPTIONS]"), result.stderr
+    assert re.findall(r"<[a-z][^>]*>|\{[a-z_]+\}", result.stdout) == []
+
+
+def test_help_and_errors_name_arguments_alike() -> None:
+    shown = run_cli("rm", "--help").stdout
+    assert shown.startswith("Usage: mllm-cpu rm [OPTIONS] NAMES...\n") and "\n  NAMES...  Model names" in shown
+    assert run_cli("convert", "--help").stdout.startswith("Usage: mllm-cpu convert [OPTIONS] [MODEL_DIR]\n")
+    missing = run_cli("rm")
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        "error: Missing argument 'NAMES...'. (see `mllm-cpu rm --help`)\n",
+    )
+    assert "--port INTEGER " in run_cli("serve", "--help").stdout
 
 
 def test_out_of_range_option_in_a_real_process() -> None:
