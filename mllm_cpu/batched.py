@@ -42,8 +42,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-
 from mllm_cpu.budget import (
     AfterBudget,
     BudgetedGeneration,
@@ -62,7 +60,7 @@ from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat
-from mllm_cpu.sampling import SamplingOptions, TokenSampler, sampling_defaults
+from mllm_cpu.sampling import SamplingOptions, sampling_defaults
 from mllm_cpu.stop_text import StopTextFilter
 from mllm_cpu.tasks import TaskPreset
 
@@ -191,6 +189,8 @@ class _Part:
     def __init__(
         self, engine: BatchedEngine, options: SamplingOptions, prompt_tokens: int, stop_texts: tuple[str, ...]
     ) -> None:
+        from mllm_cpu.token_sampler import TokenSampler  # numpy, which `serve --help` does not import
+
         seed = options.seed if options.seed is not None else random.randrange(2**31)
         self.sampler = TokenSampler(engine.model.n_vocab, seed, options)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -221,10 +221,10 @@ class _Part:
 
 
 class _Grammar:
-    """A checked grammar applied to one sequence's logits (mllm_cpu.grammar_check's GrammarConstraint)."""
+    """A checked grammar applied to one sequence's logits (mllm_cpu.token_sampler's GrammarConstraint)."""
 
     def __init__(self, engine: BatchedEngine, text: str) -> None:
-        from mllm_cpu.grammar_check import GrammarConstraint
+        from mllm_cpu.token_sampler import GrammarConstraint
 
         vocabulary = SimpleNamespace(
             _model=SimpleNamespace(vocab=engine.vocab),
@@ -234,6 +234,8 @@ class _Grammar:
         self.constraint = GrammarConstraint(vocabulary, text)
 
     def apply(self, tokens: list[int], logits_pointer: Any, n_vocab: int) -> None:
+        import numpy as np
+
         scores = np.ctypeslib.as_array(ctypes.cast(logits_pointer, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
         self.constraint(tokens, scores)
 

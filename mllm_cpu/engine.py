@@ -11,8 +11,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mllm_cpu.core import gguf_keys
 from mllm_cpu.core.errors import InputError
 from mllm_cpu.core.llama_log import captured_llama_log, last_error
@@ -21,10 +19,12 @@ from mllm_cpu.identity import ModelIdentity
 from mllm_cpu.load_check import prepare_load
 from mllm_cpu.model_file import ModelFile, validate_model_file
 from mllm_cpu.prompt_format import Message, PromptFormat, PromptTooLong, special_tokens_not_utf8
-from mllm_cpu.sampling import SamplingOptions, TokenSampler, sampling_defaults
+from mllm_cpu.sampling import SamplingOptions, sampling_defaults
 from mllm_cpu.stop_text import StopTextFilter
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mllm_cpu.drafting import CountingDraft, DraftStats
 
 DEFAULT_CONTEXT = 8192
@@ -289,6 +289,8 @@ class Engine:
                 logits_processor=self._bias_processor(options.logit_bias),
             )
             return
+        from mllm_cpu.token_sampler import TokenSampler  # numpy, which a command's help does not import
+
         sampler = TokenSampler(self.model.n_vocab, seed, options)
         try:
             cached = llama.input_ids[: llama.n_tokens].tolist()
@@ -311,6 +313,7 @@ class Engine:
         """A llama-cpp-python logits processor adding `logit_bias` (token id -> bias), or None."""
         if not logit_bias:
             return None
+        import numpy as np
         from llama_cpp import LogitsProcessorList
 
         ids = np.fromiter(logit_bias, dtype=np.int64)

@@ -9,14 +9,13 @@ or the JSON schema llama-cpp-python would turn into one, is first converted and 
 stack than the server's threads have; the verdict is cached. A grammar that parses can still
 reach a state no token of the vocabulary satisfies (an empty character class, a token id outside
 the vocabulary), and llama.cpp aborts when its grammar sampler then accepts a token; so the
-server never adds llama.cpp's grammar sampler to the chain: `GrammarConstraint` runs it as a
+server never adds llama.cpp's grammar sampler to the chain: `token_sampler.GrammarConstraint` runs it as a
 logits processor that masks the tokens the grammar rejects, accepts only tokens it allowed, and
 ends the reply with an end-of-sequence token at a dead end.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -29,8 +28,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from mllm_cpu.core.child import module_command, run_child
 from mllm_cpu.core.values import GIB, MIB
@@ -202,59 +199,6 @@ def _check_in_child(model: str, source_file: str) -> dict[str, str | None]:
     with captured_llama_log():
         vocab = llama_cpp.Llama(model, vocab_only=True, verbose=False)
     return {"problem": _parse_problem(vocab._model.vocab, text), "gbnf_key": gbnf_key}
-
-
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-"""llama.cpp's llama_token_data."""
-
-
-class GrammarConstraint:
-    """A logits processor for llama-cpp-python that applies a (checked) grammar with llama.cpp's grammar
-    sampler: tokens the grammar rejects get -inf, the token sampled is accepted at the next step, and
-    when no token is allowed the reply ends (the end-of-sequence token is the only one left)."""
-
-    def __init__(self, llama: Any, text: str) -> None:
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
-        self._sampler = llama_cpp.llama_sampler_init_grammar(llama._model.vocab, text.encode("utf-8"), GRAMMAR_ROOT)
-        if not self._sampler:
-            raise ValueError("llama.cpp cannot parse this grammar")
-        self._end = llama.token_eos()
-        self._candidates = np.zeros(llama.n_vocab(), dtype=_TOKEN_DATA)
-        self._candidates["id"] = np.arange(llama.n_vocab())
-        self._seen: int | None = None
-        self.dead_end = False
-
-    def __call__(self, input_ids: Any, scores: np.ndarray) -> np.ndarray:
-        llama_cpp = self._llama_cpp
-        if self._seen is not None and len(input_ids) > self._seen:
-            llama_cpp.llama_sampler_accept(self._sampler, int(input_ids[-1]))
-        self._seen = len(input_ids)
-        candidates = self._candidates
-        candidates["logit"] = scores
-        array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
-            size=len(candidates),
-            selected=-1,
-            sorted=False,
-        )
-        llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(array))
-        rejected = np.isneginf(candidates["logit"])
-        scores[rejected] = -np.inf
-        if rejected.all():  # a dead end (or every allowed token already at -inf): end the reply
-            self.dead_end = True
-            scores[self._end] = 0.0
-        return scores
-
-    def close(self) -> None:
-        """Free llama.cpp's grammar sampler (idempotent)."""
-        if self._sampler:
-            self._llama_cpp.llama_sampler_free(self._sampler)
-            self._sampler = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mllm_cpu.engine import Engine
-from mllm_cpu.sampling import SamplingOptions, TopK
+from mllm_cpu.sampling import SamplingOptions
+from mllm_cpu.token_sampler import TopK
 
 MAX_TOKENS = 32
 
