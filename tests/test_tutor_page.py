@@ -305,10 +305,11 @@ def test_the_page_is_public_with_a_strict_policy_and_the_api_is_not(keyed_server
     assert status == 413 and error["error"]["code"] == "body_too_large"
 
 
-def _without_a_desktop(**extra: str) -> dict[str, str]:
-    """The test's environment with no display or terminal, so only $BROWSER can be a browser."""
+def _serve_opening(model: Path, home: Path, browser: str) -> ServeProcess:
+    """`serve --open` with `browser` as $BROWSER and no display or terminal, so it is the only browser."""
     hidden = ("DISPLAY", "WAYLAND_DISPLAY", "TERM", "BROWSER")
-    return {**{k: v for k, v in os.environ.items() if k not in hidden}, **extra}
+    environment = {**{k: v for k, v in os.environ.items() if k not in hidden}, "BROWSER": browser}
+    return ServeProcess("--model", str(model), "--threads", "1", "--open", home=home, environment=environment)
 
 
 def test_open_shows_the_page_in_the_browser(target_gguf: Path, tmp_path: Path) -> None:
@@ -320,15 +321,7 @@ def test_open_shows_the_page_in_the_browser(target_gguf: Path, tmp_path: Path) -
         f'--virtual-time-budget=10000 --dump-dom "$1" > {dom}.part && mv {dom}.part {dom}\n'
     )
     browser.chmod(0o755)
-    process = ServeProcess(
-        "--model",
-        str(target_gguf),
-        "--threads",
-        "1",
-        "--open",
-        home=tmp_path / "home",
-        environment=_without_a_desktop(BROWSER=str(browser)),
-    )
+    process = _serve_opening(target_gguf, tmp_path / "home", str(browser))
     try:
         deadline = time.monotonic() + 60
         while not dom.exists() and time.monotonic() < deadline and process.process.poll() is None:
@@ -343,15 +336,7 @@ def test_open_shows_the_page_in_the_browser(target_gguf: Path, tmp_path: Path) -
 
 
 def test_open_without_a_browser_warns_and_serves(target_gguf: Path, tmp_path: Path) -> None:
-    process = ServeProcess(
-        "--model",
-        str(target_gguf),
-        "--threads",
-        "1",
-        "--open",
-        home=tmp_path / "home",
-        environment=_without_a_desktop(BROWSER="/bin/false"),
-    )
+    process = _serve_opening(target_gguf, tmp_path / "home", "/bin/false")
     try:
         expected = f"warning: no web browser could be opened here: open {process.base}/ in one\n"
         deadline = time.monotonic() + 30
