@@ -24,9 +24,9 @@ _T = gguf.MODEL_TENSOR
 GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
 """The llama.cpp graph MobileLLM-R1 runs as."""
 V1_GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
+"""The llama.cpp graph MobileLLM v1 (MobileLLMForCausalLM, a Llama with shared embeddings) runs as."""
 LLAMA4_GGUF_ARCHITECTURE = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA4]
 """What llama.cpp's own converter labels MobileLLM-R1 (a file `mllm-cpu repair` turns into qwen3)."""
-"""The llama.cpp graph MobileLLM v1 (MobileLLMForCausalLM, a Llama with shared embeddings) runs as."""
 
 
 class Dims(Protocol):

@@ -586,8 +586,7 @@ def _model_differences(there: ModelIdentity, now: ModelIdentity) -> list[str]:
     if there == now or (there.endpoint and now.endpoint and there.model == now.model):
         return []
     if (there.model, there.endpoint) != (now.model, now.endpoint):
-        names = [f"{m.model} at {m.endpoint}" if m.endpoint else m.model for m in (there, now)]
-        return [f"model {names[0]} there, {names[1]} now"]
+        return [f"model {there.source} there, {now.source} now"]
     return [f"model {now.model} with other contents (fingerprint {there.fingerprint} there, {now.fingerprint} now)"]
 
 

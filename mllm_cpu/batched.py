@@ -224,8 +224,9 @@ class _Grammar:
     """A checked grammar applied to one sequence's logits (mllm_cpu.token_sampler's GrammarConstraint)."""
 
     def __init__(self, engine: BatchedEngine, text: str) -> None:
-        from mllm_cpu.token_sampler import GrammarConstraint
+        from mllm_cpu.token_sampler import GrammarConstraint, logits_view
 
+        self._logits_view = logits_view
         vocabulary = SimpleNamespace(
             _model=SimpleNamespace(vocab=engine.vocab),
             token_eos=lambda: engine.eos,
@@ -234,10 +235,7 @@ class _Grammar:
         self.constraint = GrammarConstraint(vocabulary, text)
 
     def apply(self, tokens: list[int], logits_pointer: Any, n_vocab: int) -> None:
-        import numpy as np
-
-        scores = np.ctypeslib.as_array(ctypes.cast(logits_pointer, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
-        self.constraint(tokens, scores)
+        self.constraint(tokens, self._logits_view(logits_pointer, n_vocab))
 
 
 class _Sequence:

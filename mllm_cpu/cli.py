@@ -78,15 +78,19 @@ class _QuickHelp(click.Command):
         return option
 
 
-_PLAIN_TYPES: dict[Any, tuple[str, Callable[[str], Any]]] = {
-    str: ("a string", str),
-    int: ("an integer", int),
-    float: ("a number", float),
-    Path: ("a path", Path),
+_PLAIN_TYPES: dict[Any, tuple[str, Callable[[str], Any], str]] = {
+    str: ("a string", str, "TEXT"),
+    int: ("an integer", int, "INTEGER"),
+    float: ("a number", float, "FLOAT"),
+    Path: ("a path", Path, "PATH"),
 }
-"""The value types read without pydantic, each with its name in an error and its conversion."""
-_METAVARS: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
-"""How the help shows an option's value, as click does (typer 0.29 would show `<list[str]>`)."""
+"""The value types read without pydantic, each with its name in an error, its conversion, and how the help
+shows an option of it (as click does; typer 0.29 would show `<list[str]>`)."""
+
+
+def _element_type(annotation: Any) -> Any:
+    """The type of a parameter's values: `T` for `list[T]`, else the annotation."""
+    return get_args(annotation)[0] if get_origin(annotation) is list else annotation
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class _PlainValue(RuntimeParam):
     def _one(self, value: Any, param: _TyperParameter, ctx: click.Context) -> Any:
         if isinstance(value, self.kind):
             return value
-        name, convert = _PLAIN_TYPES[self.kind]
+        name, convert, _ = _PLAIN_TYPES[self.kind]
         try:
             return convert(value)
         except (TypeError, ValueError):
@@ -117,7 +121,7 @@ class _PlainValue(RuntimeParam):
 
 def _plain_kind(annotation: Any, info: ParameterInfo) -> Any | None:
     """The plain type a parameter reads (None: typer's own reading, for constraints and other types)."""
-    kind = get_args(annotation)[0] if get_origin(annotation) is list else annotation
+    kind = _element_type(annotation)
     constrained = info.parser is not None or info.min is not None or info.max is not None or info.clamp
     path_checks = info.exists or info.resolve_path or not (info.file_okay and info.dir_okay) or info.writable
     if kind not in _PLAIN_TYPES or constrained or (kind is Path and path_checks):
@@ -150,9 +154,8 @@ class Command(_QuickHelp, TyperCommand):
                 if kind is not None:
                     param._runtime_param = _PlainValue(descriptor.parameter_info, descriptor.annotation, kind)
             if isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
-                annotation = param.type_descriptor.annotation
-                element = get_args(annotation)[0] if get_origin(annotation) is list else annotation
-                param.metavar = _METAVARS.get(element)
+                plain = _PLAIN_TYPES.get(_element_type(param.type_descriptor.annotation))
+                param.metavar = plain[2] if plain else None
             elif isinstance(param, TyperArgument) and param.metavar is None and param.name:
                 param.__class__ = _Argument
                 param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")

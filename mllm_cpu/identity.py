@@ -28,6 +28,16 @@ class ModelIdentity:
     family: str | None = field(default=None, compare=False)
     """What a local file holds, e.g. "MobileLLM v1, run as llama" (shown and recorded, not compared)."""
 
+    @property
+    def source(self) -> str:
+        """The model's name, with its server for an endpoint: "m at http://host/v1"."""
+        return f"{self.model} at {self.endpoint}" if self.endpoint else self.model
+
+    @property
+    def label(self) -> str:
+        """`source`, with a local file's family: "file.gguf · MobileLLM v1, run as llama"."""
+        return f"{self.source} · {self.family}" if self.family and not self.endpoint else self.source
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return asdict(self)

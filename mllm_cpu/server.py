@@ -459,16 +459,20 @@ def serve(
     return 130 if signal.SIGINT in signals else 0
 
 
+_WILDCARD_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+"""The wildcard addresses a server may listen on, each with the loopback address a local browser uses."""
+
+
 def page_url(host: str, port: int) -> str:
     """The tutor page's URL to tell users: for a wildcard address, with this machine's name."""
-    if host in ("0.0.0.0", "::", ""):
+    if host in _WILDCARD_LOOPBACK:
         return f"http://{socket.gethostname()}:{port}/ (or this machine's address on your network)"
     return local_page_url(host, port)
 
 
 def local_page_url(host: str, port: int) -> str:
     """The tutor page's URL for a browser on this machine (loopback for a wildcard address)."""
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = _WILDCARD_LOOPBACK.get(host, host)
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 

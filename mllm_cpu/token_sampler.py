@@ -27,6 +27,11 @@ TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32
 """llama.cpp's llama_token_data."""
 
 
+def logits_view(logits_pointer: Any, n_vocab: int) -> np.ndarray:
+    """The `n_vocab` float logits at `logits_pointer` (llama_get_logits_ith) as an array, without a copy."""
+    return np.ctypeslib.as_array(ctypes.cast(logits_pointer, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
+
+
 class TopK:
     """Finds the indices of the k largest logits of a vocabulary, largest first."""
 
@@ -94,7 +99,7 @@ class TokenSampler:
 
     def sample(self, logits_pointer: Any) -> int:
         """The next token from the float logits at `logits_pointer` (llama_get_logits_ith)."""
-        logits = np.ctypeslib.as_array(ctypes.cast(logits_pointer, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,))
+        logits = logits_view(logits_pointer, self.n_vocab)
         if len(self.bias_ids) or (self.repeat_penalty != 1.0 and self.recent):
             logits = self._adjusted(logits)
         token = int(np.argmax(logits)) if self.greedy else self._draw(logits)

@@ -90,9 +90,7 @@ def _interactive(conversation: Conversation) -> None:
 def _model_label(conversation: Conversation) -> str:
     """The model's name and family with its context, or with its server for an endpoint."""
     model = conversation.engine.identity()
-    if model.endpoint:
-        return f"{model.model} at {model.endpoint}"
-    return f"{model.model} · {model.family} · context {conversation.context_size} tokens"
+    return model.label if model.endpoint else f"{model.label} · context {conversation.context_size} tokens"
 
 
 def _piped(conversation: Conversation) -> None:

@@ -179,7 +179,7 @@ class _Display:
         if not self.json_output:
             budget_text = f" · budget {budget} tokens" if budget is not None else ""
             err.print(
-                f"[dim]{escape(terminal_safe(_model_label(model)))} · task {task} · "
+                f"[dim]{escape(terminal_safe(model.label))} · task {task} · "
                 f"up to {options.max_tokens} tokens{budget_text}[/dim]",
                 highlight=False,
             )
@@ -240,7 +240,7 @@ class _BatchBar:
             failed = sum(record.failure is not None for record in already)
             resumed = f" · resuming: {len(already)} of {self.problems} problems already there" if already else ""
             resumed += f" ({failed} recorded as failed)" if failed else ""
-            model, target = escape(terminal_safe(_model_label(self.model))), escape(str(self.target))
+            model, target = escape(terminal_safe(self.model.label)), escape(str(self.target))
             self.note(f"[dim]{model} · results in {target}{resumed}[/dim]")
         graded = [record for record in already if record.correct is not None]
         accuracy = _accuracy_text(sum(r.correct is True for r in graded), len(graded))
@@ -287,13 +287,6 @@ def exit_code(solution: Solution, correct: bool | None, result: SandboxResult | 
     if correct is False or (result is not None and not result.ok):
         return EXIT_WRONG
     return 0
-
-
-def _model_label(model: ModelIdentity) -> str:
-    """The model's name, and its family (a local file) or its server (an endpoint)."""
-    if model.endpoint:
-        return f"{model.model} at {model.endpoint}"
-    return f"{model.model} · {model.family}" if model.family else model.model
 
 
 def _solution_json(
